@@ -1,0 +1,131 @@
+"""LightningModule: loss, optimizer groups, warmup + cosine schedule, metrics."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from adasplash_train.model import GPT, GPTConfig
+
+
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup from 0, then cosine decay to min_lr_ratio at max_steps."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LanguageModel(L.LightningModule):
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        tokenizer_spec: dict[str, Any] | None = None,
+        lr: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        max_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+        compile: bool = False,
+        stats_every_n_steps: int = 50,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GPT(GPTConfig(**model_config))
+        self._step_started: float | None = None
+        self._compiled = False
+
+    def configure_model(self):
+        # nn.Module.compile() compiles in place, so state_dict keys stay those of the plain model
+        if self.hparams.compile and not self._compiled:
+            self.model.compile()
+            self._compiled = True
+
+    # --------------------------------------------------------------- steps
+
+    def forward(self, input_ids, targets=None, doc_ids=None):
+        return self.model(input_ids, targets=targets, doc_ids=doc_ids)
+
+    def training_step(self, batch, batch_idx):
+        collect = self.hparams.stats_every_n_steps > 0 and self.global_step % self.hparams.stats_every_n_steps == 0
+        self.model.set_collect_attention_stats(collect)
+        _, loss = self(batch["input_ids"], batch["targets"], batch.get("doc_ids"))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if collect:
+            self._log_attention_stats()
+            self.model.set_collect_attention_stats(False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        _, loss = self(batch["input_ids"], batch["targets"], batch.get("doc_ids"))
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss.detach().float()), on_epoch=True, sync_dist=True)
+        return loss
+
+    def _log_attention_stats(self):
+        per_layer = [s for s in self.model.attention_stats() if s]
+        if not per_layer:
+            return
+        for key in per_layer[0]:
+            values = [s[key] for s in per_layer if key in s]
+            self.log(f"attn/{key}", float(np.mean(values)), on_step=True, on_epoch=False)
+            for layer, value in enumerate(values):
+                self.log(f"attn/{key}_layer{layer}", float(value), on_step=True, on_epoch=False)
+
+    # tokens/s over the whole optimizer step (data wait included), measured between batch starts
+    def on_train_batch_start(self, batch, batch_idx):
+        now = time.perf_counter()
+        if self._step_started is not None and self.trainer.accumulate_grad_batches == 1:
+            elapsed = now - self._step_started
+            tokens = batch["input_ids"].numel() * self.trainer.world_size
+            self.log("tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False)
+            self.log("step_time_ms", 1000 * elapsed, on_step=True, on_epoch=False)
+        self._step_started = now
+
+    # --------------------------------------------------------------- optimizer
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # matrices decay; norms' gains (and any bias) do not; the embedding is tied to the head
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        hp = self.hparams
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=tuple(hp.betas), fused=fused,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --------------------------------------------------------------- exact resume
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rng_states"] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
