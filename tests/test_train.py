@@ -1,0 +1,117 @@
+"""The training framework end to end on the CPU: configs compose, every experiment runs a fast_dev_run,
+loss falls, resume continues the same run, load_model rebuilds the model, bad configs fail clearly."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import open_dict
+
+from adasplash_train.checkpoint import load_model
+from adasplash_train.config import CONFIG_DIR, compose
+from adasplash_train.train import train
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def small_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
+    # a small slice of the embedded corpus keeps tokenisation out of the test's time
+    return [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", "+data.max_docs=40"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("token_cache")
+
+
+def run(overrides):
+    cfg = compose("train", overrides)
+    return cfg, train(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path, cache_dir):
+    cfg = compose("train", [f"experiment={experiment}"])
+    assert cfg.trainer.max_steps > 0 and cfg.model.max_seq_len >= 256
+    _, metrics = run([f"experiment={experiment}", "debug=cpu_small", "trainer.fast_dev_run=true"]
+                     + small_overrides(tmp_path, cache_dir))
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_main_job_default_composes():
+    cfg = compose("train")
+    assert cfg.attention.name in ("entmax", "softmax") and cfg.data is not None
+
+
+def train_small(tmp_path, cache_dir, steps, extra=()):
+    overrides = ["experiment=smoke", "model.max_seq_len=64", "batch_size=4", f"trainer.max_steps={steps}",
+                 "trainer.val_check_interval=4", "trainer.limit_val_batches=2", "checkpoint_every_n_steps=4",
+                 "optim.warmup_steps=2", "callbacks.progress_bar=null", *small_overrides(tmp_path, cache_dir), *extra]
+    return run(overrides)
+
+
+def test_resume_continues_the_same_run(tmp_path, cache_dir):
+    # uninterrupted: 8 steps; interrupted: 4 steps, then resume from last.ckpt to 8
+    _, full = train_small(tmp_path / "a", cache_dir, 8)
+    _, half = train_small(tmp_path / "b", cache_dir, 4)
+    assert half["global_step"] == 4
+    cfg, resumed = train_small(tmp_path / "b", cache_dir, 8, ["ckpt_path=last"])
+    assert resumed["global_step"] == 8
+    assert resumed["train/loss"] == pytest.approx(full["train/loss"], rel=1e-4, abs=1e-5)
+    assert resumed["val/loss"] == pytest.approx(full["val/loss"], rel=1e-4, abs=1e-5)
+    # both launches kept their metrics (a new CSV version per launch)
+    csvs = sorted((Path(cfg.paths.run_dir) / "csv").glob("version_*/metrics.csv"))
+    assert len(csvs) == 2
+
+
+def test_fresh_start_over_existing_run_is_refused_and_last_needs_a_run(tmp_path, cache_dir):
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last"):
+        train_small(tmp_path, cache_dir, 2, ["ckpt_path=last"])
+    train_small(tmp_path, cache_dir, 2)
+    with pytest.raises(FileExistsError, match="ckpt_path=last"):
+        train_small(tmp_path, cache_dir, 2)
+
+
+def test_smoke_loss_falls_and_load_model_rebuilds_it(tmp_path, cache_dir):
+    cfg, metrics = train_small(tmp_path, cache_dir, 40, ["trainer.val_check_interval=20", "trainer.limit_val_batches=4"])
+    run_dir = Path(cfg.paths.run_dir)
+    with next((run_dir / "csv").glob("version_*/metrics.csv")).open() as f:
+        rows = list(csv.DictReader(f))
+    train_losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    val_losses = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(val_losses) == 2 and "tokens_per_sec" in rows[0]
+    # a byte-level model starts near uniform, ln(vocab) = 5.8; after 40 steps it is well below
+    assert train_losses[0] > 5.0
+    assert val_losses[-1] < val_losses[0] < train_losses[0] - 1.0
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+    model, tokenizer = load_model(run_dir, device="cpu")
+    assert not model.training and model.config.attention["name"] == "entmax"
+    ids = torch.tensor([tokenizer.encode("def main():\n    return 0\n")])
+    with torch.no_grad():
+        logits, loss = model(ids[:, :-1], targets=ids[:, 1:])
+    assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(loss)
+
+
+def test_config_typos_give_hydra_errors():
+    with pytest.raises(ConfigCompositionException, match="Could not override 'trainer.max_stepz'"):
+        compose("train", ["trainer.max_stepz=3"])
+    with pytest.raises(ConfigCompositionException, match="experiment"):
+        compose("train", ["experiment=nonexistent"])
+    with pytest.raises(ConfigCompositionException, match="attention"):
+        compose("train", ["attention=nope"])
+
+
+def test_bad_model_and_attention_config_fail_before_training(tmp_path, cache_dir):
+    base = ["experiment=smoke", *small_overrides(tmp_path, cache_dir)]
+    with pytest.raises(ValueError, match=r"attention.alpha=3.0 must be in \(1, 2\]"):
+        run(base + ["attention.alpha=3.0"])
+    with pytest.raises(ValueError, match="n_kv_head"):
+        run(base + ["model.n_kv_head=3"])
+    cfg = compose("train", base)
+    with open_dict(cfg):
+        cfg.attention.name = "linear"
+    with pytest.raises(ValueError, match="unknown attention.name='linear'"):
+        train(cfg)
