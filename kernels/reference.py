@@ -30,6 +30,7 @@ __all__ = [
     "entmax_attention_probs",
     "allowed_mask",
     "block_sparsity",
+    "sampled_block_sparsity",
 ]
 
 # Scores materialized per query chunk: B * H * rows * Nk elements at most (about 64 MiB in float32).
@@ -465,6 +466,51 @@ def entmax_attention(
     if return_stats:
         return out, stats.result()
     return out
+
+
+@torch.no_grad()
+def sampled_block_sparsity(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    alpha: float = 1.5,
+    causal: bool = True,
+    scale: float | None = None,
+    doc_ids: torch.Tensor | None = None,
+    n_row_tiles: int = 16,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> float:
+    """Block sparsity estimated from ``n_row_tiles`` evenly spaced query tiles (long sequences).
+
+    Each sampled tile of ``block_m`` query rows is solved exactly against all the keys it may see;
+    zero and allowed tiles are summed over the sample, so the ratio weights every row tile by its
+    number of allowed key tiles, as the full count does. With n_row_tiles >= ceil(Nq / block_m)
+    the result equals `block_sparsity` of the full probabilities.
+    """
+    alpha = _validate_attention_inputs(q, k, k, alpha, causal, scale, doc_ids)
+    _check_block(block_m, block_n)
+    if isinstance(n_row_tiles, bool) or not isinstance(n_row_tiles, int) or n_row_tiles < 1:
+        raise ValueError(f"n_row_tiles must be a positive int, got {n_row_tiles!r}")
+    n_q, n_k, head_dim = q.shape[2], k.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    work_dtype = _working_dtype(q.dtype)
+    total_tiles = math.ceil(n_q / block_m)
+    picked = torch.linspace(0, total_tiles - 1, min(n_row_tiles, total_tiles)).round().long().unique()
+    allowed_count = zero_count = 0
+    for tile in picked.tolist():
+        start, stop = tile * block_m, min(n_q, (tile + 1) * block_m)
+        k_len = stop if causal else n_k
+        mask = allowed_mask(
+            stop - start, n_k, causal=causal, doc_ids=doc_ids, q_offset=start, k_len=k_len, device=q.device
+        )
+        probs = _chunk_probs(q[:, :, start:stop].to(work_dtype), k[:, :, :k_len].to(work_dtype), alpha, scale, mask)
+        allowed = torch.ones_like(probs, dtype=torch.bool) if mask is None else mask.expand_as(probs)
+        allowed_tiles = _tile_any(allowed, 0, block_m, block_n)
+        nonzero_tiles = _tile_any((probs != 0) & allowed, 0, block_m, block_n)
+        allowed_count += int(allowed_tiles.sum())
+        zero_count += int((allowed_tiles & ~nonzero_tiles).sum())
+    return zero_count / allowed_count if allowed_count else 0.0
 
 
 def entmax_attention_probs(

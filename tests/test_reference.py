@@ -296,3 +296,19 @@ def test_attention_errors():
         ref.entmax_attention(q, k, v[:, :, :10])
     with pytest.raises(ValueError, match="chunk_size"):
         ref.entmax_attention(q, k, v, chunk_size=0)
+
+
+def test_sampled_block_sparsity_equals_exact_when_every_tile_is_sampled():
+    q, k, _ = make_qkv(batch=1, heads=2, kv_heads=1, n_q=200, n_k=200, dim=16, dtype=torch.float32)
+    angle = 0.02 * torch.arange(200.0)
+    q[..., :2] = 30 * torch.stack([angle.cos(), angle.sin()], dim=-1)
+    k[..., :2] = torch.stack([angle.cos(), angle.sin()], dim=-1)
+    for causal in (True, False):
+        probs = ref.entmax_attention_probs(q, k, causal=causal)
+        allowed = ref.allowed_mask(200, 200, causal=causal)
+        exact = ref.block_sparsity(probs, allowed, block_m=32, block_n=32)
+        sampled = ref.sampled_block_sparsity(q, k, causal=causal, n_row_tiles=7, block_m=32, block_n=32)
+        assert exact > 0.2
+        assert sampled == pytest.approx(exact, abs=1e-12)
+    partial = ref.sampled_block_sparsity(q, k, n_row_tiles=3, block_m=32, block_n=32)
+    assert 0.0 < partial < 1.0
