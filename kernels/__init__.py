@@ -1,0 +1,2 @@
+from . import reference
+from .entmax_attention import entmax_attention

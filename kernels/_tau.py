@@ -1,0 +1,209 @@
+"""Triton helpers for the alpha-entmax threshold tau, shared by the fused attention kernel and the
+row-wise entmax kernel.
+
+Notation (ARCHITECTURE.md section 4): z = (alpha - 1) * score, p = [z - tau]_+ ** power with
+power = 1 / (alpha - 1), and tau is the unique value with sum(p) = 1. Every helper works row by row
+on a 2-D tile whose rows are independent problems.
+
+The solver is written in the shifted variable y = z - (rowmax - 1), in which the threshold
+t = tau - (rowmax - 1) always lies in [0, 1): the arg-max alone has y = 1 and p = 1 at t = 0.
+Elements with y < 0 can never be in the support, so only y in [0, 1] matters.
+
+1. `histogram_rows` bins y in [0, 1] into NUM_BINS bins per row.
+2. `bracket_from_histogram` places every element at its bin's lower edge, which can only lower
+   the mass, so the root of that approximation is a lower bound of t, and the same root shifted
+   up by one bin width is an upper bound: a bracket [lo, hi] of width 1 / NUM_BINS.
+3. `halley_update` takes one step from the sums of `power_sums` at the current guess, keeping the
+   bracket valid and falling back to bisection when a step leaves it.
+
+ALPHA_MODE (a constexpr, see `alpha_mode`): 1 for alpha = 1.5 (p = u^2, no exp or log), 2 for
+alpha = 2 (sparsemax, p = u), 0 for any other alpha in (1, 2) (powers through exp2/log2).
+"""
+
+import triton
+import triton.language as tl
+
+# Bisection steps used to solve the histogram approximation for general alpha; the segment they
+# search is one bin wide, so 20 halvings leave it about 6e-8 / (bins / 16) wide.
+_GENERAL_ALPHA_BISECTION_STEPS = tl.constexpr(20)
+
+
+def alpha_mode(alpha: float) -> int:
+    """The constexpr alpha mode for a Python float alpha."""
+    if alpha == 1.5:
+        return 1
+    if alpha == 2.0:
+        return 2
+    return 0
+
+
+@triton.jit
+def _pow_positive(u, exponent):
+    """u ** exponent for u > 0 (exponent > 0 or < 0), zero where u <= 0."""
+    positive = u > 0
+    safe_u = tl.where(positive, u, 1.0)
+    return tl.where(positive, tl.exp2(exponent * tl.log2(safe_u)), 0.0)
+
+
+@triton.jit
+def probability(u, power, ALPHA_MODE: tl.constexpr):
+    """p = u ** power for u = [z - tau]_+ (u >= 0)."""
+    if ALPHA_MODE == 1:
+        p = u * u
+    elif ALPHA_MODE == 2:
+        p = u
+    else:
+        p = _pow_positive(u, power)
+    return p
+
+
+@triton.jit
+def gradient_weight(u, power, ALPHA_MODE: tl.constexpr):
+    """g = p ** (2 - alpha) = u ** (power - 1): the entmax Jacobian weight (zero off the support)."""
+    if ALPHA_MODE == 1:
+        g = u
+    elif ALPHA_MODE == 2:
+        g = tl.where(u > 0, 1.0, 0.0)
+    else:
+        g = _pow_positive(u, power - 1.0)
+    return g
+
+
+@triton.jit
+def power_sums(u, power, ALPHA_MODE: tl.constexpr):
+    """Per-row mass(t) = sum u^power and its first two derivatives in t, for u = [y - t]_+.
+
+    mass' = -power * sum u^(power - 1) and mass'' = power * (power - 1) * sum u^(power - 2).
+    """
+    if ALPHA_MODE == 1:
+        mass = tl.sum(u * u, axis=1)
+        slope = -2.0 * tl.sum(u, axis=1)
+        curvature = 2.0 * tl.sum(tl.where(u > 0, 1.0, 0.0), axis=1)
+    elif ALPHA_MODE == 2:
+        mass = tl.sum(u, axis=1)
+        slope = -tl.sum(tl.where(u > 0, 1.0, 0.0), axis=1)
+        curvature = tl.zeros_like(mass)
+    else:
+        # One log2 and one exp2 per element: u^(power-2), then multiply up by u twice.
+        u_pow_m2 = _pow_positive(u, power - 2.0)
+        u_pow_m1 = u_pow_m2 * u
+        mass = tl.sum(u_pow_m1 * u, axis=1)
+        slope = -power * tl.sum(u_pow_m1, axis=1)
+        curvature = power * (power - 1.0) * tl.sum(u_pow_m2, axis=1)
+    return mass, slope, curvature
+
+
+@triton.jit
+def histogram_rows(y, NUM_BINS: tl.constexpr):
+    """Per-row counts (int32, shape [rows, NUM_BINS]) of the entries of y that lie in [0, 1].
+
+    Bin b holds y in [b / NUM_BINS, (b + 1) / NUM_BINS); y = 1 (the row maximum) goes to the top
+    bin; y < 0 (and -inf for masked entries) is ignored. Counting is bit-packed: four 8-bit
+    counters per int32 word, so each element costs a shift and NUM_BINS / 4 select-and-adds
+    instead of NUM_BINS compares. A tile row holds at most 255 entries per bin before a counter
+    would overflow, which the callers guarantee by using at most 255 columns per tile.
+    """
+    tl.static_assert(NUM_BINS % 4 == 0, "NUM_BINS must be a multiple of 4")
+    tl.static_assert(y.shape[1] <= 255, "a tile row must have at most 255 columns")
+    in_range = y >= 0
+    # Cast only finite, non-negative values: float -> int of -inf is undefined.
+    bins = tl.minimum((tl.where(in_range, y, 0.0) * NUM_BINS).to(tl.int32), NUM_BINS - 1)
+    word_of_bin = bins // 4
+    one_in_counter = tl.full(bins.shape, 1, tl.int32) << ((bins % 4) * 8)
+
+    bin_ids = tl.arange(0, NUM_BINS)
+    counts = tl.zeros([y.shape[0], NUM_BINS], dtype=tl.int32)
+    for word in tl.static_range(NUM_BINS // 4):
+        packed = tl.sum(tl.where(in_range & (word_of_bin == word), one_in_counter, 0), axis=1)
+        unpacked = (packed[:, None] >> ((bin_ids % 4) * 8)[None, :]) & 255
+        counts += tl.where((bin_ids // 4 == word)[None, :], unpacked, 0)
+    return counts
+
+
+@triton.jit
+def _approximate_mass(counts_f, lower_edges, t, power, ALPHA_MODE: tl.constexpr):
+    """Mass at t (one per row) when every element sits at its bin's lower edge."""
+    u = tl.maximum(lower_edges[None, :] - t[:, None], 0.0)
+    return tl.sum(counts_f * probability(u, power, ALPHA_MODE), axis=1)
+
+
+@triton.jit
+def bracket_from_histogram(counts, power, ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr):
+    """Bracket [lo, hi] (width <= 1 / NUM_BINS) around t = tau - (rowmax - 1), one per row.
+
+    Rows with no counted element (padding, fully masked rows) get lo = hi = 0.
+    """
+    counts_f = counts.to(tl.float32)
+    bin_ids = tl.arange(0, NUM_BINS)
+    lower_edges = bin_ids.to(tl.float32) / NUM_BINS
+
+    # Approximate mass at every lower edge j: sum over b > j of c_b * ((b - j) / NUM_BINS)^power,
+    # as one small matrix product [rows, bins] x [bins, edges].
+    gap = (bin_ids[:, None] - bin_ids[None, :]).to(tl.float32) / NUM_BINS  # [bin b, edge j]
+    edge_weights = probability(tl.maximum(gap, 0.0), power, ALPHA_MODE)
+    mass_at_edges = tl.dot(counts_f, edge_weights, input_precision="ieee")
+    # The approximate mass falls as t rises; edges_below = number of edges where it is still
+    # >= 1, so its root lies in [edge[edges_below - 1], edge[edges_below]] and the bins that are
+    # active there (lower edge above t) are those with index >= edges_below.
+    edges_below = tl.sum((mass_at_edges >= 1.0).to(tl.int32), axis=1)
+    active = bin_ids[None, :] >= edges_below[:, None]
+    s0 = tl.sum(tl.where(active, counts_f, 0.0), axis=1)
+    s1 = tl.sum(tl.where(active, counts_f * lower_edges[None, :], 0.0), axis=1)
+    has_mass = s0 > 0
+    safe_s0 = tl.where(has_mass, s0, 1.0)
+
+    if ALPHA_MODE == 1:
+        # sum c (l - t)^2 = 1  <=>  s0 t^2 - 2 s1 t + (s2 - 1) = 0; the smaller root, written
+        # without the cancellation of s1 - sqrt(...).
+        s2 = tl.sum(tl.where(active, counts_f * lower_edges[None, :] * lower_edges[None, :], 0.0), axis=1)
+        root = tl.sqrt(tl.maximum(s1 * s1 - s0 * (s2 - 1.0), 0.0))
+        denominator = s1 + root
+        t_low = (s2 - 1.0) / tl.where(denominator > 0, denominator, 1.0)
+        t_high = t_low
+    elif ALPHA_MODE == 2:
+        # sum c (l - t) = 1  <=>  t = (s1 - 1) / s0
+        t_low = (s1 - 1.0) / safe_s0
+        t_high = t_low
+    else:
+        # No closed form: bisect the approximate mass inside its one-bin segment. The mass is at
+        # least 1 at t = -1 (every counted element then has u >= 1), so -1 bounds an empty segment.
+        t_low = tl.where(edges_below > 0, (edges_below - 1).to(tl.float32) / NUM_BINS, -1.0)
+        t_high = edges_below.to(tl.float32) / NUM_BINS
+        for _ in tl.static_range(_GENERAL_ALPHA_BISECTION_STEPS):
+            middle = 0.5 * (t_low + t_high)
+            above_one = _approximate_mass(counts_f, lower_edges, middle, power, ALPHA_MODE) >= 1.0
+            t_low = tl.where(above_one, middle, t_low)
+            t_high = tl.where(above_one, t_high, middle)
+
+    # Elements sit at most one bin width above their lower edge; the true t is also >= 0 (the
+    # arg-max alone gives mass 1 there) and < 1 (the arg-max must keep p > 0).
+    lo = tl.where(has_mass, tl.maximum(t_low, 0.0), 0.0)
+    hi = tl.where(has_mass, tl.minimum(t_high + 1.0 / NUM_BINS, 1.0), 0.0)
+    hi = tl.maximum(hi, lo)
+    return lo, hi
+
+
+@triton.jit
+def halley_update(t, lo, hi, mass, slope, curvature):
+    """One safeguarded Halley step for mass(t) = 1; returns (t, lo, hi).
+
+    mass is convex and decreasing in t, so a Newton step from any point lands at or below the
+    root: it tightens lo for free. The Halley step (Newton for sparsemax, where curvature = 0) is
+    taken when it stays inside the bracket, the bracket's midpoint otherwise.
+    """
+    f = mass - 1.0
+    lo = tl.where(f > 0, t, lo)
+    hi = tl.where(f < 0, t, hi)
+    has_slope = slope < 0
+    safe_slope = tl.where(has_slope, slope, -1.0)
+    newton = t - f / safe_slope
+    lo = tl.where(has_slope, tl.maximum(lo, newton), lo)
+    lo = tl.minimum(lo, hi)
+
+    denominator = 2.0 * slope * slope - f * curvature
+    use_halley = has_slope & (denominator > 0)
+    halley = t - 2.0 * f * slope / tl.where(use_halley, denominator, 1.0)
+    step = tl.where(use_halley, halley, newton)
+    inside = has_slope & (step >= lo) & (step <= hi)
+    t = tl.where(f == 0, t, tl.where(inside, step, 0.5 * (lo + hi)))
+    return t, lo, hi

@@ -1,0 +1,710 @@
+"""Fused alpha-entmax attention in Triton: forward and backward, with zero-tile skipping.
+
+The algorithm is ARCHITECTURE.md section 4; docs/kernels.md explains the design. In short, one
+program per (query tile, head) runs, in one launch:
+
+1. a dense pass over every allowed key tile: the row maxima m and each tile's maximum score;
+2. candidate tiles: a tile whose maximum is below min(m) - 1 holds only exact zeros, because
+   tau >= m - 1 for every row; the others are compacted into a per-query-tile list;
+3. a histogram pass over the candidates: per-row counts of y = z - (m - 1) in [0, 1], which give
+   a bracket for tau one bin wide (kernels/_tau.py);
+4. n_iter Halley passes over the surviving tiles, each one also dropping the tiles whose scores
+   are all at or below the bracket's lower end (a bound never above the final tau);
+5. the output pass over the remaining tiles, which records the tiles that really hold non-zero
+   probabilities: the backward visits only those.
+
+Scores are z = (alpha - 1) * scale * q.k throughout; masked entries are -inf.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _tau
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+MAX_N_ITER = 10
+# Bins of the histogram that brackets tau; 16 bins and two Halley steps bring |sum(p) - 1| to
+# fp32 rounding on every distribution we simulated (docs/kernels.md).
+NUM_BINS = 16
+# Entries of a per-query-tile list handled at once when lists are compacted.
+_COMPACTION_CHUNK = 128
+
+
+# ----------------------------------------------------------------------------------------------
+# Small jit helpers shared by the forward and backward kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_rows(head_ptr, positions, N, HEAD_DIM: tl.constexpr):
+    """Rows `positions` of a contiguous [N, HEAD_DIM] matrix; rows past N read as zero."""
+    dims = tl.arange(0, HEAD_DIM)
+    return tl.load(head_ptr + positions[:, None] * HEAD_DIM + dims[None, :],
+                   mask=positions[:, None] < N, other=0.0)
+
+
+@triton.jit
+def _load_doc_ids(doc_ptr, positions, N, padding_id, HAS_DOCS: tl.constexpr):
+    if HAS_DOCS:
+        docs = tl.load(doc_ptr + positions, mask=positions < N, other=padding_id)
+    else:
+        docs = positions
+    return docs
+
+
+@triton.jit
+def _allowed(query_pos, key_pos, query_doc, key_doc, N, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr):
+    """Which (query, key) pairs may attend; the arguments broadcast against each other."""
+    allowed = (query_pos < N) & (key_pos < N)
+    if CAUSAL:
+        allowed = allowed & (key_pos <= query_pos)
+    if HAS_DOCS:
+        allowed = allowed & (query_doc == key_doc)
+    return allowed
+
+
+@triton.jit
+def _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale,
+                   CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """z = (alpha - 1) * scale * q k^T for a [BLOCK_M, BLOCK_N] tile, -inf where masked."""
+    z = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * z_scale
+    col_docs = _load_doc_ids(DocIds_b, cols, N, -1, HAS_DOCS)
+    allowed = _allowed(rows[:, None], cols[None, :], row_docs[:, None], col_docs[None, :], N, CAUSAL, HAS_DOCS)
+    return tl.where(allowed, z, float("-inf"))
+
+
+@triton.jit
+def _key_tile_range(qt, N, DocStart_b, DocEnd_b, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[first, end) key tiles that can meet query tile qt: causal and document bounds."""
+    first_row = qt * BLOCK_M
+    last_row = tl.minimum(first_row + BLOCK_M, N) - 1
+    key_begin = 0
+    key_end = N
+    if CAUSAL:
+        key_end = last_row + 1
+    if HAS_DOCS:
+        # Documents are contiguous: the tile's rows see keys from the start of its first row's
+        # document to the end of its last row's document.
+        key_begin = tl.load(DocStart_b + first_row)
+        key_end = tl.minimum(key_end, tl.load(DocEnd_b + last_row))
+    return key_begin // BLOCK_N, tl.cdiv(key_end, BLOCK_N)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward passes (each a loop over key tiles of one query tile)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dense_pass(q, K_head, DocIds_b, row_docs, rows, kt_begin, kt_end, TileMax_row, N, z_scale,
+                CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Row maxima and every tile's maximum (stored); also counts tiles with an allowed entry."""
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    n_allowed = 0
+    for kt in range(kt_begin, kt_end):
+        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load_rows(K_head, cols, N, HEAD_DIM)
+        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        tile_row_max = tl.max(z, axis=1)
+        row_max = tl.maximum(row_max, tile_row_max)
+        tile_max = tl.max(tile_row_max, axis=0)
+        tl.store(TileMax_row + kt, tile_max)
+        n_allowed += (tile_max > float("-inf")).to(tl.int32)
+    return row_max, n_allowed
+
+
+@triton.jit
+def _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CHUNK: tl.constexpr):
+    """Write the tiles whose maximum reaches min(row_max) - 1 to the list; return their count.
+
+    Any tile below that bound has every score below its row's max - 1 <= tau: all zeros.
+    """
+    threshold = tl.min(tl.where(row_max > float("-inf"), row_max - 1.0, float("inf")), axis=0)
+    # Tile maxima were stored by whichever thread held them; make them visible to all.
+    tl.debug_barrier()
+    n_candidates = 0
+    for chunk_begin in range(kt_begin, kt_end, CHUNK):
+        kts = chunk_begin + tl.arange(0, CHUNK)
+        in_range = kts < kt_end
+        tile_max = tl.load(TileMax_row + kts, mask=in_range, other=float("-inf"))
+        is_candidate = in_range & (tile_max >= threshold)
+        flags = is_candidate.to(tl.int32)
+        slot = n_candidates + tl.cumsum(flags, axis=0) - 1
+        tl.store(TileList_row + slot, kts, mask=is_candidate)
+        n_candidates += tl.sum(flags, axis=0)
+    tl.debug_barrier()
+    return n_candidates
+
+
+@triton.jit
+def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, shift, TileList_row, n_list, N, z_scale,
+                    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """Histogram of y = z - shift over the listed tiles; keeps (in place) the tiles with y >= 0."""
+    counts = tl.zeros([BLOCK_M, NUM_BINS], dtype=tl.int32)
+    n_kept = 0
+    for i in range(0, n_list):
+        kt = tl.load(TileList_row + i)
+        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load_rows(K_head, cols, N, HEAD_DIM)
+        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        y = z - shift[:, None]
+        counts += _tau.histogram_rows(y, NUM_BINS)
+        keep = tl.max(tl.max(y, axis=1), axis=0) >= 0
+        # In-place compaction: slot n_kept <= i was read already, later reads are at > i.
+        tl.store(TileList_row + n_kept, kt, mask=keep)
+        n_kept += keep.to(tl.int32)
+    tl.debug_barrier()
+    return counts, n_kept
+
+
+@triton.jit
+def _refine_pass(q, K_head, DocIds_b, row_docs, rows, shift, t, lo, TileList_row, n_list, N, z_scale,
+                 power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
+    """Power sums at the current guess t; keeps (in place) the tiles with some y > lo."""
+    mass = tl.zeros([BLOCK_M], dtype=tl.float32)
+    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+    curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_kept = 0
+    for i in range(0, n_list):
+        kt = tl.load(TileList_row + i)
+        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load_rows(K_head, cols, N, HEAD_DIM)
+        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        y = z - shift[:, None]
+        u = tl.maximum(y - t[:, None], 0.0)
+        tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
+        mass += tile_mass
+        slope += tile_slope
+        curvature += tile_curvature
+        keep = tl.max(tl.max(y - lo[:, None], axis=1), axis=0) > 0
+        tl.store(TileList_row + n_kept, kt, mask=keep)
+        n_kept += keep.to(tl.int32)
+    tl.debug_barrier()
+    return mass, slope, curvature, n_kept
+
+
+@triton.jit
+def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, tau, TileList_row, TileMask_row, n_list,
+                 N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """sum_j p_ij v_j; records (list in place, and the dense tile mask) the non-zero tiles."""
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_nonzero = 0
+    for i in range(0, n_list):
+        kt = tl.load(TileList_row + i)
+        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load_rows(K_head, cols, N, HEAD_DIM)
+        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        u = tl.maximum(z - tau[:, None], 0.0)
+        p = _tau.probability(u, power, ALPHA_MODE)
+        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        nonzero = tl.max(tl.max(u, axis=1), axis=0) > 0
+        tl.store(TileList_row + n_nonzero, kt, mask=nonzero)
+        tl.store(TileMask_row + kt, tl.full([], 1, tl.int8), mask=nonzero)
+        n_nonzero += nonzero.to(tl.int32)
+    return acc, n_nonzero
+
+
+@triton.jit
+def _entmax_attention_fwd_kernel(
+    Q, K, V, Out, DocIds, DocStart, DocEnd,
+    TileMax, TileList, TileMask, NonzeroCount, AllowedCount, Tau,
+    z_scale, power, N, n_q_tiles, n_k_tiles,
+    H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    qt = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // H
+    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
+    Q_head = Q + bh.to(tl.int64) * N * HEAD_DIM
+    K_head = K + kv_head.to(tl.int64) * N * HEAD_DIM
+    V_head = V + kv_head.to(tl.int64) * N * HEAD_DIM
+    DocIds_b = DocIds + batch.to(tl.int64) * N
+    table_row = bh.to(tl.int64) * n_q_tiles + qt
+    TileMax_row = TileMax + table_row * n_k_tiles
+    TileList_row = TileList + table_row * n_k_tiles
+    TileMask_row = TileMask + table_row * n_k_tiles
+
+    rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
+    q = _load_rows(Q_head, rows, N, HEAD_DIM)
+    row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
+    kt_begin, kt_end = _key_tile_range(qt, N, DocStart + batch.to(tl.int64) * N,
+                                       DocEnd + batch.to(tl.int64) * N, CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
+
+    row_max, n_allowed = _dense_pass(q, K_head, DocIds_b, row_docs, rows, kt_begin, kt_end, TileMax_row, N,
+                                     z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, DOT_PRECISION)
+    n_list = _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CHUNK)
+
+    # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Rows with no allowed key
+    # (padding) get shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
+    shift = tl.where(row_max > float("-inf"), row_max - 1.0, float("inf"))
+    counts, n_list = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, shift, TileList_row, n_list, N,
+                                     z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS,
+                                     DOT_PRECISION)
+    lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
+    t = 0.5 * (lo + hi)
+    for _ in tl.static_range(N_ITER):
+        mass, slope, curvature, n_list = _refine_pass(
+            q, K_head, DocIds_b, row_docs, rows, shift, t, lo, TileList_row, n_list, N, z_scale, power,
+            CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
+        t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+
+    tau = shift + t
+    acc, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, tau, TileList_row, TileMask_row,
+                                  n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                                  ALPHA_MODE, DOT_PRECISION)
+
+    dims = tl.arange(0, HEAD_DIM)
+    tl.store(Out + bh.to(tl.int64) * N * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :],
+             acc.to(Out.dtype.element_ty), mask=rows[:, None] < N)
+    tl.store(Tau + bh.to(tl.int64) * N + rows, tau, mask=rows < N)
+    tl.store(NonzeroCount + table_row, n_nonzero)
+    tl.store(AllowedCount + table_row, n_allowed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _entmax_attention_bwd_dq_kernel(
+    Q, K, V, DO, DQ, Delta, Tau, DocIds, TileList, NonzeroCount,
+    scale, z_scale, power, N, n_q_tiles, n_k_tiles,
+    H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dQ row-wise over the non-zero tiles, and delta_i = sum_j g dP / sum_j g for the dK/dV kernel.
+
+    dL/ds_ij = g_ij (dP_ij - delta_i) with g = p^(2 - alpha); delta needs a full row first, so the
+    tiles are visited twice: once for delta, once for dQ (both passes only touch non-zero tiles).
+    """
+    qt = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // H
+    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
+    head_offset = bh.to(tl.int64) * N * HEAD_DIM
+    K_head = K + kv_head.to(tl.int64) * N * HEAD_DIM
+    V_head = V + kv_head.to(tl.int64) * N * HEAD_DIM
+    DocIds_b = DocIds + batch.to(tl.int64) * N
+    table_row = bh.to(tl.int64) * n_q_tiles + qt
+    TileList_row = TileList + table_row * n_k_tiles
+
+    rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
+    q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
+    do = _load_rows(DO + head_offset, rows, N, HEAD_DIM)
+    row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
+    tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
+    n_list = tl.load(NonzeroCount + table_row)
+
+    g_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    g_dp_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for i in range(0, n_list):
+        kt = tl.load(TileList_row + i)
+        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load_rows(K_head, cols, N, HEAD_DIM)
+        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        g = _tau.gradient_weight(tl.maximum(z - tau[:, None], 0.0), power, ALPHA_MODE)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        g_sum += tl.sum(g, axis=1)
+        g_dp_sum += tl.sum(g * dp, axis=1)
+    delta = tl.where(g_sum > 0, g_dp_sum / tl.where(g_sum > 0, g_sum, 1.0), 0.0)
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for i in range(0, n_list):
+        kt = tl.load(TileList_row + i)
+        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load_rows(K_head, cols, N, HEAD_DIM)
+        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        g = _tau.gradient_weight(tl.maximum(z - tau[:, None], 0.0), power, ALPHA_MODE)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = g * (dp - delta[:, None])
+        acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=DOT_PRECISION)
+
+    dims = tl.arange(0, HEAD_DIM)
+    tl.store(DQ + head_offset + rows[:, None] * HEAD_DIM + dims[None, :],
+             (acc * scale).to(DQ.dtype.element_ty), mask=rows[:, None] < N)
+    tl.store(Delta + bh.to(tl.int64) * N + rows, delta, mask=rows < N)
+
+
+@triton.jit
+def _entmax_attention_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, Delta, Tau, DocIds, KeyTileList, KeyTileCount,
+    scale, z_scale, power, N, n_q_tiles, n_k_tiles,
+    H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dK, dV column-wise: one program per (key tile, kv head) sums over the GROUP query heads that
+    share the kv head, in registers, visiting only the query tiles where this key tile is non-zero.
+    """
+    kt = tl.program_id(0)
+    bhk = tl.program_id(1)
+    H_KV: tl.constexpr = H // GROUP
+    batch = bhk // H_KV
+    kv_offset = bhk.to(tl.int64) * N * HEAD_DIM
+    DocIds_b = DocIds + batch.to(tl.int64) * N
+
+    cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = _load_rows(K + kv_offset, cols, N, HEAD_DIM)
+    v = _load_rows(V + kv_offset, cols, N, HEAD_DIM)
+    col_docs = _load_doc_ids(DocIds_b, cols, N, -1, HAS_DOCS)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    for member in range(0, GROUP):
+        bh = batch * H + (bhk % H_KV) * GROUP + member
+        head_offset = bh.to(tl.int64) * N * HEAD_DIM
+        list_row = bh.to(tl.int64) * n_k_tiles + kt
+        n_list = tl.load(KeyTileCount + list_row)
+        for i in range(0, n_list):
+            qt = tl.load(KeyTileList + list_row * n_q_tiles + i)
+            rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
+            q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
+            do = _load_rows(DO + head_offset, rows, N, HEAD_DIM)
+            tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
+            delta = tl.load(Delta + bh.to(tl.int64) * N + rows, mask=rows < N, other=0.0)
+            row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
+            # Transposed tile: [BLOCK_N keys, BLOCK_M queries].
+            z_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * z_scale
+            allowed = _allowed(rows[None, :], cols[:, None], row_docs[None, :], col_docs[:, None], N,
+                               CAUSAL, HAS_DOCS)
+            u_t = tl.maximum(tl.where(allowed, z_t, float("-inf")) - tau[None, :], 0.0)
+            p_t = _tau.probability(u_t, power, ALPHA_MODE)
+            g_t = _tau.gradient_weight(u_t, power, ALPHA_MODE)
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            ds_t = g_t * (dp_t - delta[None, :])
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+
+    dims = tl.arange(0, HEAD_DIM)
+    out_offsets = kv_offset + cols[:, None] * HEAD_DIM + dims[None, :]
+    tl.store(DK + out_offsets, (dk * scale).to(DK.dtype.element_ty), mask=cols[:, None] < N)
+    tl.store(DV + out_offsets, dv.to(DV.dtype.element_ty), mask=cols[:, None] < N)
+
+
+@triton.jit
+def _key_tile_lists_kernel(TileMask, KeyTileList, KeyTileCount, n_q_tiles, n_k_tiles, CHUNK: tl.constexpr):
+    """Transpose the forward's [query tile, key tile] non-zero mask into per-key-tile lists."""
+    kt = tl.program_id(0)
+    bh = tl.program_id(1)
+    list_row = bh.to(tl.int64) * n_k_tiles + kt
+    count = 0
+    for chunk_begin in range(0, n_q_tiles, CHUNK):
+        qts = chunk_begin + tl.arange(0, CHUNK)
+        in_range = qts < n_q_tiles
+        flags = tl.load(TileMask + (bh.to(tl.int64) * n_q_tiles + qts) * n_k_tiles + kt,
+                        mask=in_range, other=0).to(tl.int32)
+        slot = count + tl.cumsum(flags, axis=0) - 1
+        tl.store(KeyTileList + list_row * n_q_tiles + slot, qts, mask=flags > 0)
+        count += tl.sum(flags, axis=0)
+    tl.store(KeyTileCount + list_row, count)
+
+
+# ----------------------------------------------------------------------------------------------
+# Python side: validation, launch configuration, autograd
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LaunchConfig:
+    alpha: float
+    causal: bool
+    scale: float
+    n_iter: int
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def z_scale(self) -> float:
+        return (self.alpha - 1.0) * self.scale
+
+    @property
+    def power(self) -> float:
+        return 1.0 / (self.alpha - 1.0)
+
+
+def is_interpreting() -> bool:
+    """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return type(_entmax_attention_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def require_runnable_device(device: torch.device, caller: str) -> None:
+    """Raise a clear error when the Triton kernels cannot run on `device`."""
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and is_interpreting():
+        return
+    raise RuntimeError(
+        f"{caller}: the Triton kernels need CUDA tensors, got tensors on '{device}'. On CPU use "
+        f"kernels.reference (exact PyTorch), or set TRITON_INTERPRET=1 in the environment before "
+        f"importing kernels to run these kernels in Triton's (slow) interpreter."
+    )
+
+
+def _default_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(block_m, block_n, num_warps, num_stages) for a head dim on a device."""
+    if device.type != "cuda":
+        return 32, 32, 4, 1
+    if head_dim <= 64:
+        return 64, 64, 4, 2
+    if head_dim <= 128:
+        return 64, 64, 4, 2
+    return 32, 32, 4, 1
+
+
+def _check_block_sizes(block_sizes) -> tuple[int, int]:
+    if (not isinstance(block_sizes, (tuple, list)) or len(block_sizes) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in block_sizes)):
+        raise ValueError(f"block_sizes must be a pair of ints (block_m, block_n), got {block_sizes!r}")
+    for name, size in zip(("block_m", "block_n"), block_sizes):
+        if size < 16 or size > 128 or size & (size - 1):
+            raise ValueError(f"block_sizes: {name} must be a power of two in [16, 128], got {size}")
+    return int(block_sizes[0]), int(block_sizes[1])
+
+
+def _check_alpha(alpha, caller: str) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"{caller}: alpha must be a float in (1, 2], got {alpha!r}")
+    if not 1.0 < float(alpha) <= 2.0:
+        raise ValueError(f"{caller}: alpha must be in (1, 2] (1.5 and 2 are the fast paths), got {alpha}; "
+                         f"alpha = 1 is softmax: use a softmax attention backend instead")
+    return float(alpha)
+
+
+def _check_n_iter(n_iter, caller: str) -> int:
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or not 0 <= n_iter <= MAX_N_ITER:
+        raise ValueError(f"{caller}: n_iter must be an int in [0, {MAX_N_ITER}] (2 reaches fp32 "
+                         f"precision), got {n_iter!r}")
+    return n_iter
+
+
+def _check_qkv(q, k, v) -> None:
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"entmax_attention: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(f"entmax_attention: {name} must be 4-D (batch, heads, seq_len, head_dim), "
+                             f"got shape {tuple(tensor.shape)}")
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"entmax_attention: {name} has dtype {tensor.dtype}; supported: "
+                            f"bfloat16, float16, float32 (use kernels.reference for float64)")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"entmax_attention: q, k, v must be on one device, got q on {q.device}, "
+                         f"k on {k.device}, v on {v.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"entmax_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"entmax_attention: k and v must have the same shape, got {tuple(k.shape)} "
+                         f"and {tuple(v.shape)}")
+    batch, heads, seq_len, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[2] != seq_len or k.shape[3] != head_dim:
+        raise ValueError(f"entmax_attention: k/v shape {tuple(k.shape)} does not match q shape "
+                         f"{tuple(q.shape)}: batch, seq_len and head_dim must agree")
+    if k.shape[1] < 1 or heads % k.shape[1]:
+        raise ValueError(f"entmax_attention: q heads ({heads}) must be a multiple of k/v heads "
+                         f"({k.shape[1]}) for grouped-query attention")
+    if seq_len < 1:
+        raise ValueError(f"entmax_attention: seq_len (dim 2 of q) must be >= 1, got {seq_len}")
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"entmax_attention: head_dim (last dim of q) must be one of "
+                         f"{SUPPORTED_HEAD_DIMS}, got {head_dim}")
+
+
+def _check_doc_ids(doc_ids, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(doc_ids, torch.Tensor):
+        raise TypeError(f"entmax_attention: doc_ids must be a torch.Tensor of shape ({batch}, {seq_len}), "
+                        f"got {type(doc_ids).__name__}")
+    if doc_ids.dtype.is_floating_point or doc_ids.dtype.is_complex or doc_ids.dtype == torch.bool:
+        raise TypeError(f"entmax_attention: doc_ids must hold integers, got dtype {doc_ids.dtype}")
+    if tuple(doc_ids.shape) != (batch, seq_len):
+        raise ValueError(f"entmax_attention: doc_ids must have shape (batch, seq_len) = ({batch}, {seq_len}), "
+                         f"got {tuple(doc_ids.shape)}")
+    if doc_ids.device != device:
+        raise ValueError(f"entmax_attention: doc_ids is on {doc_ids.device} but q is on {device}")
+    doc_ids = doc_ids.to(torch.int32).contiguous()
+    # A host sync, skipped while tracing or capturing a graph where it is not allowed.
+    if seq_len > 1 and not _is_capturing(device):
+        if bool((doc_ids[:, 1:] < doc_ids[:, :-1]).any()):
+            raise ValueError("entmax_attention: doc_ids must be non-decreasing along the sequence "
+                             "(packed documents are contiguous runs of one id)")
+    return doc_ids
+
+
+def _is_capturing(device: torch.device) -> bool:
+    compiling = getattr(torch, "compiler", None) is not None and torch.compiler.is_compiling()
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return compiling or capturing
+
+
+def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
+    batch, heads, seq_len, head_dim = q.shape
+    group = heads // k.shape[1]
+    n_q_tiles = triton.cdiv(seq_len, config.block_m)
+    n_k_tiles = triton.cdiv(seq_len, config.block_n)
+    table = (batch * heads, n_q_tiles, n_k_tiles)
+    device = q.device
+
+    out = torch.empty_like(q)
+    tau = torch.empty((batch * heads, seq_len), device=device, dtype=torch.float32)
+    tile_max = torch.empty(table, device=device, dtype=torch.float32)
+    tile_list = torch.empty(table, device=device, dtype=torch.int32)
+    tile_mask = torch.zeros(table, device=device, dtype=torch.int8)
+    nonzero_count = torch.empty(table[:2], device=device, dtype=torch.int32)
+    allowed_count = torch.empty(table[:2], device=device, dtype=torch.int32)
+
+    has_docs = doc_start is not None
+    _entmax_attention_fwd_kernel[(n_q_tiles, batch * heads)](
+        q, k, v, out, doc_ids, doc_start if has_docs else doc_ids, doc_end if has_docs else doc_ids,
+        tile_max, tile_list, tile_mask, nonzero_count, allowed_count, tau,
+        config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
+        H=heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        CAUSAL=config.causal, HAS_DOCS=has_docs,
+        ALPHA_MODE=_tau.alpha_mode(config.alpha), NUM_BINS=NUM_BINS, N_ITER=config.n_iter,
+        CHUNK=_COMPACTION_CHUNK, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out, tau, tile_list, tile_mask, nonzero_count, allowed_count
+
+
+def _backward(grad_out, q, k, v, doc_ids, has_docs, tau, tile_list, tile_mask, nonzero_count,
+              config: _LaunchConfig):
+    batch, heads, seq_len, head_dim = q.shape
+    kv_heads = k.shape[1]
+    n_q_tiles, n_k_tiles = tile_mask.shape[1], tile_mask.shape[2]
+    device = q.device
+    common = dict(H=heads, GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m,
+                  BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
+                  ALPHA_MODE=_tau.alpha_mode(config.alpha), DOT_PRECISION=_dot_precision(q.dtype),
+                  num_warps=config.num_warps, num_stages=config.num_stages)
+
+    dq = torch.empty_like(q)
+    delta = torch.empty((batch * heads, seq_len), device=device, dtype=torch.float32)
+    _entmax_attention_bwd_dq_kernel[(n_q_tiles, batch * heads)](
+        q, k, v, grad_out, dq, delta, tau, doc_ids, tile_list, nonzero_count,
+        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, **common)
+
+    key_tile_list = torch.empty((batch * heads, n_k_tiles, n_q_tiles), device=device, dtype=torch.int32)
+    key_tile_count = torch.empty((batch * heads, n_k_tiles), device=device, dtype=torch.int32)
+    _key_tile_lists_kernel[(n_k_tiles, batch * heads)](
+        tile_mask, key_tile_list, key_tile_count, n_q_tiles, n_k_tiles, CHUNK=_COMPACTION_CHUNK)
+
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    _entmax_attention_bwd_dkdv_kernel[(n_k_tiles, batch * kv_heads)](
+        q, k, v, grad_out, dk, dv, delta, tau, doc_ids, key_tile_list, key_tile_count,
+        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, **common)
+    return dq, dk, dv
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products; 16-bit inputs use the tensor cores as usual.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+class _EntmaxAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, doc_ids, doc_start, doc_end, config):
+        out, tau, tile_list, tile_mask, nonzero_count, allowed_count = _forward(
+            q, k, v, doc_ids, doc_start, doc_end, config)
+        ctx.save_for_backward(q, k, v, doc_ids, tau, tile_list, tile_mask, nonzero_count)
+        ctx.config = config
+        ctx.has_docs = doc_start is not None
+        ctx.mark_non_differentiable(nonzero_count, allowed_count)
+        return out, nonzero_count, allowed_count
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_nonzero, _grad_allowed):
+        q, k, v, doc_ids, tau, tile_list, tile_mask, nonzero_count = ctx.saved_tensors
+        dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, doc_ids, ctx.has_docs, tau, tile_list,
+                               tile_mask, nonzero_count, ctx.config)
+        return dq, dk, dv, None, None, None, None
+
+
+def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=None, n_iter=2,
+                     return_stats=False, block_sizes=None):
+    """alpha-entmax attention with zero-tile skipping (Triton).
+
+    Args:
+        q: (batch, heads, seq_len, head_dim); k, v: (batch, kv_heads, seq_len, head_dim) with
+            heads % kv_heads == 0. bf16, fp16 or fp32, on one CUDA device (or CPU under
+            TRITON_INTERPRET=1). head_dim in {16, 32, 64, 128, 256}; any seq_len >= 1.
+        alpha: entmax alpha in (1, 2]; 1.5 and 2 (sparsemax) are the fast paths.
+        causal: mask keys after each query.
+        scale: score scale, default 1 / sqrt(head_dim).
+        doc_ids: optional (batch, seq_len) integer ids, non-decreasing along the sequence: a query
+            attends only to keys of its own document.
+        n_iter: Halley refinement passes after the histogram bracket (2 reaches fp32 rounding).
+        return_stats: also return a dict with "block_sparsity" (fraction of allowed tiles, those
+            with at least one unmasked entry, that are all-zero and were skipped), the tile counts
+            behind it and the tile shape.
+        block_sizes: optional (block_m, block_n) tile shape, for tuning and tests.
+
+    Returns:
+        The output, shaped and typed like q; with return_stats, (output, stats).
+    """
+    _check_qkv(q, k, v)
+    alpha = _check_alpha(alpha, "entmax_attention")
+    n_iter = _check_n_iter(n_iter, "entmax_attention")
+    if not isinstance(causal, bool):
+        raise TypeError(f"entmax_attention: causal must be a bool, got {causal!r}")
+    head_dim = q.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"entmax_attention: scale must be a positive finite float, got {scale!r}")
+    require_runnable_device(q.device, "entmax_attention")
+
+    block_m, block_n, num_warps, num_stages = _default_tiles(head_dim, q.device)
+    if block_sizes is not None:
+        block_m, block_n = _check_block_sizes(block_sizes)
+    config = _LaunchConfig(alpha=alpha, causal=causal, scale=float(scale), n_iter=n_iter, block_m=block_m,
+                           block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+
+    batch, _, seq_len, _ = q.shape
+    if doc_ids is None:
+        # Never read (HAS_DOCS is off), but a kernel pointer argument must point at memory.
+        placeholder = torch.zeros(1, device=q.device, dtype=torch.int32)
+        doc_ids, doc_start, doc_end = placeholder, None, None
+    else:
+        doc_ids = _check_doc_ids(doc_ids, batch, seq_len, q.device)
+        doc_start = torch.searchsorted(doc_ids, doc_ids, right=False).to(torch.int32)
+        doc_end = torch.searchsorted(doc_ids, doc_ids, right=True).to(torch.int32)
+
+    out, nonzero_count, allowed_count = _EntmaxAttentionFunction.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), doc_ids, doc_start, doc_end, config)
+    if not return_stats:
+        return out
+    nonzero_tiles = int(nonzero_count.sum().item())
+    allowed_tiles = int(allowed_count.sum().item())
+    stats = {
+        "block_sparsity": 1.0 - nonzero_tiles / allowed_tiles if allowed_tiles else 0.0,
+        "nonzero_tiles": nonzero_tiles,
+        "allowed_tiles": allowed_tiles,
+        "block_m": block_m,
+        "block_n": block_n,
+    }
+    return out, stats
