@@ -158,17 +158,21 @@ class SyntheticTasks:
             distractor_value = rng.randrange(10_000, 100_000)
         chain, distractor = names[:hops], names[hops:]
         question = self._encode(f"\nQuestion: which variables are assigned the value {value}? Answer:")
-        answer_text = " ".join(chain)
-        answer = self._encode(" " + answer_text)
         while True:
+            answer_text = " ".join(chain)
+            answer = self._encode(" " + answer_text)
             statements = _interleave(self._chain_statements(chain, value),
                                      self._chain_statements(distractor, distractor_value), rng)
             tokens = self._assemble(length, statements, question, answer, rng)
             if tokens is not None:
                 return SyntheticSample(tokens, "variable_tracking", answer, answer_text)
-            if not distractor:
+            # Too long: shorten the distractor first, then the chain itself.
+            if distractor:
+                distractor = distractor[:-1]
+            elif len(chain) > 1:
+                chain = chain[:-1]
+            else:
                 raise self._too_short("variable_tracking", length)
-            distractor = distractor[:-1]
 
     def _chain_statements(self, chain: list[str], value: int) -> list[list[int]]:
         if not chain:
