@@ -66,7 +66,7 @@ class TokenDataModule(L.LightningDataModule):
         self.val_batches = _positive_int("val_batches", val_batches)
         self.val_fraction = check_val_fraction(val_fraction)
         self.seed = int(seed)
-        self.cache_dir = Path(os.path.expanduser(cache_dir or os.environ.get("ADASPLASH_CACHE_DIR", DEFAULT_CACHE_DIR)))
+        self.cache_dir = Path(os.path.expanduser(cache_dir or os.environ.get("ADASPLASH_CACHE", DEFAULT_CACHE_DIR)))
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}.")
         self.num_workers = num_workers
