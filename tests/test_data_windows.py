@@ -134,3 +134,18 @@ def test_workers_produce_the_same_batches(cache_dir):
     in_process = next(iter(_datamodule(cache_dir).train_dataloader()))
     with_worker = next(iter(_datamodule(cache_dir, num_workers=1).train_dataloader()))
     assert torch.equal(in_process["input_ids"], with_worker["input_ids"])
+
+
+def test_datasets_pickle_without_copying_the_tokens(cache_dir):
+    """Spawned DataLoader workers receive the dataset by pickle: the memmap must not travel."""
+    import pickle
+
+    datamodule = _datamodule(cache_dir, synthetic_fraction=0.5, seq_len=128)
+    train = datamodule.train_dataset()
+    train[0], train[1]  # open the memmaps first, as a running loader would have
+    assert datamodule.shards.train.num_tokens > 500_000
+    for dataset in (train, datamodule.val_dataset()):
+        payload = pickle.dumps(dataset)
+        assert len(payload) < 50_000
+        restored = pickle.loads(payload)
+        assert all(torch.equal(restored[i]["input_ids"], dataset[i]["input_ids"]) for i in range(4))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import warnings
 from pathlib import Path
 
@@ -127,13 +128,11 @@ class TokenDataModule(L.LightningDataModule):
                              f"but tokenizer {self.tokenizer.name!r} uses {self.tokenizer.eot_id}; delete the cache directory.")
         self.shards = shards
         if self.synthetic_fraction > 0:
-            self._synthetic = SyntheticTasks(self.tokenizer, shards.train.tokens, self.synthetic_tasks)
+            self._synthetic = SyntheticTasks(self.tokenizer, shards.train, self.synthetic_tasks)
             self._check_synthetic_fits()
 
     def _check_synthetic_fits(self) -> None:
         """Fail at setup, not hours into training, when seq_len cannot hold a synthetic task."""
-        import random
-
         for task in self.synthetic_tasks:
             getattr(self._synthetic, task)(self.seq_len + 1, random.Random(0))
 

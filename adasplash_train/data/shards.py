@@ -93,6 +93,14 @@ class TokenSplit:
     def num_docs(self) -> int:
         return len(self.doc_starts) - 1
 
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def __getitem__(self, key):
+        # Lets a split stand in for its token array (e.g. as synthetic filler) while staying
+        # cheap to pickle into DataLoader workers.
+        return self.tokens[key]
+
     def document(self, index: int) -> np.ndarray:
         return np.asarray(self.tokens[self.doc_starts[index]:self.doc_starts[index + 1]])
 

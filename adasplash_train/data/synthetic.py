@@ -37,7 +37,8 @@ class SyntheticSample:
 class SyntheticTasks:
     """Builds synthetic documents of an exact token length from a tokenizer and corpus filler."""
 
-    def __init__(self, tokenizer, filler_tokens: np.ndarray, tasks: tuple[str, ...] = TASKS):
+    def __init__(self, tokenizer, filler_tokens, tasks: tuple[str, ...] = TASKS):
+        """``filler_tokens``: a token array, or anything with len() and slicing such as a TokenSplit."""
         unknown = [task for task in tasks if task not in TASKS]
         if unknown or not tasks:
             raise ValueError(f"unknown synthetic task(s) {unknown or tasks!r}; choose from {list(TASKS)}.")
