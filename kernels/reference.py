@@ -124,10 +124,15 @@ def _probs_bisect(zs: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def _entmax_last_dim(x: torch.Tensor, alpha: float) -> torch.Tensor:
     """Forward of alpha-entmax over the last dim, in x's (working) dtype, no autograd."""
+    if x.shape[-1] == 0:
+        return x.clone()
     zs = _shifted_candidates((alpha - 1.0) * x)
     if alpha not in (1.5, 2.0):
         return _probs_bisect(zs, alpha)
-    zs_sorted, _ = torch.sort(zs, dim=-1, descending=True)
+    # Only candidates (finite after the shift) can be in the support; sorting just the widest
+    # row's candidates keeps long sparse rows cheap and gives the same threshold.
+    n_candidates = int(torch.isfinite(zs).sum(dim=-1).max()) if zs.numel() else 1
+    zs_sorted, _ = torch.topk(zs, k=max(1, n_candidates), dim=-1, sorted=True)
     valid = torch.isfinite(zs_sorted)
     if alpha == 2.0:
         return (zs - _tau_sparsemax(zs_sorted, valid)).clamp_min(0.0)

@@ -1,0 +1,590 @@
+"""Attention benchmark: alpha-entmax kernels vs SDPA flash / cuDNN vs the `adasplash` package.
+
+Times forward and forward+backward (median of triton.testing.do_bench) and peak memory, bf16,
+causal, B=1, H=16, for every (N, D, input regime), with all methods in the same process on the
+same card, and reports the measured block sparsity of each input (ARCHITECTURE.md section 5).
+
+    python -m scripts.bench_attention --seqlens 4096 8192 --head-dims 64 --json runs/bench.json
+    python -m scripts.bench_attention --calibrate --target 0.6 --calib-n 8192 --calib-d 64
+
+Inputs are RoPE-structured (docs/OFFLINE.md): q and k share one random direction per head plus
+noise, are normalized to sqrt(D) * temperature and sqrt(D), then rotated by RoPE, so attention
+decays with distance the way it does in trained models. The temperature sets the sparsity:
+  trained  about 55-60% block sparsity at N = 8k (the level reported for trained models at 4-8k)
+  long     about 70% at N = 32k (the level reported for trained models at 32k)
+  sparse   90%+ at every N >= 4k
+``--qk-file`` adds q/k/v captured from a trained checkpoint (a torch.save'd dict, see
+`load_qkv_file`). Forward timings run without autograd; forward+backward timings backpropagate a
+fixed random gradient. Our kernel is timed without return_stats (its stats need a host sync);
+the stats come from one separate call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):
+    # Run as a file (python scripts/bench_attention.py): make the repository's kernels importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kernels import reference  # noqa: E402
+
+METHODS = ("sdpa_flash", "sdpa_cudnn", "adasplash", "ours")
+DEFAULT_SEQLENS = (4096, 8192, 16384, 32768)
+DEFAULT_HEAD_DIMS = (64, 128)
+DEFAULT_REGIMES = ("trained", "long", "sparse")
+ROPE_BASE = 10000.0
+NOISE = 0.5
+BLOCK = 64
+
+# Temperatures found with `calibrate_temperature` measuring the exact reference on sampled row
+# tiles (seed 0, B=1, H=16, block 64); the anchor (regime: target at N) is in REGIME_TARGETS.
+REGIME_TARGETS = {"trained": (0.575, 8192), "long": (0.70, 32768), "sparse": (0.92, 4096)}
+REGIME_TEMPERATURES = {
+    64: {"trained": 0.340, "long": 0.200, "sparse": 1.0},
+    128: {"trained": 0.170, "long": 0.100, "sparse": 0.5},
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def rope_rotate(x: torch.Tensor, base: float = ROPE_BASE) -> torch.Tensor:
+    """Rotary position embedding (half-split pairs) of x: (..., N, D), position = row index."""
+    n, d = x.shape[-2:]
+    if d % 2:
+        raise ValueError(f"head dim must be even for RoPE, got {d}")
+    half = d // 2
+    inv_freq = base ** (-torch.arange(half, dtype=torch.float64) / half)
+    angle = torch.arange(n, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def temperature_for(regime: str | float, d: int) -> float:
+    """A regime name's calibrated temperature for head dim d, or a number used as is."""
+    if isinstance(regime, (int, float)) and not isinstance(regime, bool):
+        if regime <= 0:
+            raise ValueError(f"temperature must be positive, got {regime}")
+        return float(regime)
+    if regime not in REGIME_TARGETS:
+        raise ValueError(f"unknown regime {regime!r}; choose one of {sorted(REGIME_TARGETS)} or pass a temperature")
+    if d not in REGIME_TEMPERATURES:
+        raise ValueError(
+            f"no calibrated temperatures for head dim {d} (have {sorted(REGIME_TEMPERATURES)}); "
+            "run --calibrate and pass the temperature as the regime"
+        )
+    return REGIME_TEMPERATURES[d][regime]
+
+
+def make_qk(
+    n: int,
+    d: int,
+    regime: str | float = "trained",
+    seed: int = 0,
+    *,
+    batch: int = 1,
+    heads: int = 16,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE-structured q, k of shape (batch, heads, n, d), deterministic per seed.
+
+    Per head, q and k are one shared random direction plus NOISE * standard normal noise,
+    normalized to sqrt(d) * temperature (q) and sqrt(d) (k), then rotated by RoPE. Drawn on the CPU
+    in float32 so a seed gives the same tensors on every device.
+    """
+    if n < 1 or d < 2:
+        raise ValueError(f"need n >= 1 and d >= 2, got n={n}, d={d}")
+    temp = temperature_for(regime, d)
+    gen = torch.Generator().manual_seed(seed)
+    direction = torch.randn(batch, heads, 1, d, generator=gen)
+    q = direction + NOISE * torch.randn(batch, heads, n, d, generator=gen)
+    k = direction + NOISE * torch.randn(batch, heads, n, d, generator=gen)
+    q = q * (math.sqrt(d) * temp / q.norm(dim=-1, keepdim=True))
+    k = k * (math.sqrt(d) / k.norm(dim=-1, keepdim=True))
+    return rope_rotate(q).to(device, dtype), rope_rotate(k).to(device, dtype)
+
+
+def make_qkv(n, d, regime="trained", seed=0, **kwargs):
+    """make_qk plus standard normal values from the same seed."""
+    q, k = make_qk(n, d, regime, seed, **kwargs)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    v = torch.randn(k.shape, generator=gen).to(k.device, k.dtype)
+    return q, k, v
+
+
+def load_qkv_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """q, k, v captured from a checkpoint: a torch.save'd dict with "q", "k" and optionally "v".
+
+    Tensors are (B, H, N, D) (or (H, N, D), read as B = 1) and hold the inputs of the attention
+    kernel, after RoPE and before the 1/sqrt(D) scale. Missing v is drawn standard normal.
+    """
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or "q" not in data or "k" not in data:
+        raise ValueError(f"--qk-file {path}: expected a dict with tensors 'q' and 'k' (and optionally 'v')")
+    tensors = {}
+    for name in ("q", "k", "v"):
+        if name not in data:
+            continue
+        t = data[name]
+        if t.dim() == 3:
+            t = t.unsqueeze(0)
+        if t.dim() != 4:
+            raise ValueError(f"--qk-file {path}: {name} must be (B, H, N, D) or (H, N, D), got {tuple(t.shape)}")
+        tensors[name] = t.float()
+    if "v" not in tensors:
+        tensors["v"] = torch.randn(tensors["k"].shape, generator=torch.Generator().manual_seed(0))
+    if tensors["q"].shape[2] != tensors["k"].shape[2] or tensors["q"].shape[-1] != tensors["k"].shape[-1]:
+        raise ValueError(f"--qk-file {path}: q and k must share N and D, got {tuple(tensors['q'].shape)}, {tuple(tensors['k'].shape)}")
+    return tensors
+
+
+# ----------------------------------------------------------------------------------------------
+# methods
+# ----------------------------------------------------------------------------------------------
+
+
+class MethodUnavailable(RuntimeError):
+    """A method cannot run here (missing package or backend); the message says why."""
+
+
+def _sdpa(backend_name: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def attention(q, k, v):
+        with sdpa_kernel(backend):
+            return scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+
+    return attention
+
+
+def _adasplash():
+    try:
+        import adasplash
+    except ImportError as err:
+        raise MethodUnavailable(f"adasplash not installed ({err}); pip install adasplash==0.2.2") from err
+    version = getattr(adasplash, "__version__", "?")
+
+    def attention(q, k, v):
+        # Causal alpha = 1.5 routes to AdaSplash-2; it needs power-of-two N and applies 1/sqrt(D).
+        return adasplash.adasplash(q, k, v, alpha=1.5, is_causal=True)
+
+    attention.version = version
+    return attention
+
+
+def _ours():
+    try:
+        import kernels
+        kernel = kernels.entmax_attention
+    except (ImportError, AttributeError) as err:
+        raise MethodUnavailable(f"kernels.entmax_attention unavailable ({err})") from err
+
+    def attention(q, k, v):
+        return kernel(q, k, v, alpha=1.5, causal=True)
+
+    attention.with_stats = lambda q, k, v: kernel(q, k, v, alpha=1.5, causal=True, return_stats=True)
+    return attention
+
+
+def build_method(name: str):
+    """The callable attention(q, k, v) -> out of one method; MethodUnavailable if it can't run."""
+    if name == "sdpa_flash":
+        return _sdpa("FLASH_ATTENTION")
+    if name == "sdpa_cudnn":
+        return _sdpa("CUDNN_ATTENTION")
+    if name == "adasplash":
+        return _adasplash()
+    if name == "ours":
+        return _ours()
+    raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchRow:
+    method: str
+    n: int
+    d: int
+    regime: str
+    block_sparsity: float | None = None
+    sparsity_source: str = ""
+    fwd_ms: float | None = None
+    fwd_bwd_ms: float | None = None
+    peak_mib: float | None = None
+    note: str = ""
+    ratios: dict = field(default_factory=dict)
+
+
+def measure_block_sparsity(q, k, ours=None, n_row_tiles: int = 16) -> tuple[float, str]:
+    """Block sparsity of causal alpha=1.5 attention on (q, k): our kernel's stats when it runs,
+    otherwise the exact reference on n_row_tiles sampled query tiles."""
+    if ours is not None:
+        try:
+            _, stats = ours.with_stats(q, k, k)  # values do not change which tiles are zero
+            return float(stats["block_sparsity"]), "kernel"
+        except Exception as err:  # noqa: BLE001 - fall back to the reference, and say so
+            print(f"  (our kernel's stats failed: {err!r}; using the reference)", file=sys.stderr)
+    value = reference.sampled_block_sparsity(q, k, causal=True, n_row_tiles=n_row_tiles, block_m=BLOCK, block_n=BLOCK)
+    return value, f"reference ({n_row_tiles} row tiles)"
+
+
+def _cycle(attention, input_sets, backward):
+    """A closure that runs one call per invocation, rotating through the input sets."""
+    state = {"i": 0}
+
+    def run():
+        q, k, v, grad = input_sets[state["i"] % len(input_sets)]
+        state["i"] += 1
+        if backward:
+            attention(q, k, v).backward(grad)
+        else:
+            with torch.no_grad():
+                attention(q, k, v)
+
+    return run
+
+
+def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of one call (CUDA, triton.testing.do_bench)."""
+    from triton.testing import do_bench
+
+    leaves = [t for inputs in input_sets for t in inputs[:3]]
+    return float(
+        do_bench(
+            _cycle(attention, input_sets, backward),
+            warmup=warmup,
+            rep=rep,
+            grad_to_none=leaves if backward else None,
+            return_mode="median",
+        )
+    )
+
+
+def peak_mib(attention, inputs, backward: bool) -> float:
+    """Extra CUDA memory one call allocates at its peak, beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    for t in inputs[:3]:
+        t.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    _cycle(attention, [inputs], backward)()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def input_sets_for(q, k, v, n_sets: int, max_set_bytes: int = 256 * 2**20):
+    """n_sets leaf copies of (q, k, v) plus an output gradient, on q's device.
+
+    Copies have the same values (hence the same sparsity) at different addresses, so consecutive
+    calls cannot hit inputs left in L2 by the previous call. Large inputs get one set: they do not
+    fit in L2 anyway, and extra copies would only cost memory.
+    """
+    set_bytes = 4 * q.numel() * q.element_size()
+    n_sets = 1 if set_bytes > max_set_bytes else n_sets
+    sets = []
+    for i in range(n_sets):
+        gen = torch.Generator().manual_seed(1000 + i)
+        grad = torch.randn(q.shape, generator=gen).to(q.device, q.dtype)
+        sets.append(tuple(t.detach().clone().requires_grad_() for t in (q, k, v)) + (grad,))
+    return sets
+
+
+def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_sets: int = 3) -> list[BenchRow]:
+    """All methods on one input (CUDA tensors); failures become rows with a note."""
+    rows = []
+    input_sets = input_sets_for(q, k, v, n_sets)
+    for name, attention in methods.items():
+        row = BenchRow(name, n, d, regime, block_sparsity=sparsity[0], sparsity_source=sparsity[1])
+        if isinstance(attention, str):
+            row.note = attention
+            rows.append(row)
+            continue
+        try:
+            row.fwd_ms = time_ms(attention, input_sets, backward=False)
+            row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True)
+            row.peak_mib = peak_mib(attention, input_sets[0], backward=True)
+        except torch.cuda.OutOfMemoryError:
+            row.note = "out of memory"
+        except Exception as err:  # noqa: BLE001 - one failing method must not end the sweep
+            row.note = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+        finally:
+            for inputs in input_sets:
+                for t in inputs[:3]:
+                    t.grad = None
+            torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
+
+
+def add_ratios(rows: list[BenchRow], baselines=("sdpa_flash", "adasplash")) -> None:
+    """row.ratios["fwd/<base>"], ["fwd_bwd/<base>"]: time divided by the baseline's on the same case."""
+    by_case = {}
+    for row in rows:
+        by_case.setdefault((row.n, row.d, row.regime), {})[row.method] = row
+    for row in rows:
+        case = by_case[(row.n, row.d, row.regime)]
+        for base in baselines:
+            ref_row = case.get(base)
+            for key, attr in (("fwd", "fwd_ms"), ("fwd_bwd", "fwd_bwd_ms")):
+                mine = getattr(row, attr)
+                theirs = getattr(ref_row, attr) if ref_row is not None else None
+                if mine is not None and theirs:
+                    row.ratios[f"{key}/{base}"] = mine / theirs
+
+
+# ----------------------------------------------------------------------------------------------
+# reporting
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """Markdown table, one row per (case, method); ratios are time / baseline time (lower is faster)."""
+    header = (
+        "| method | N | D | regime | block sparsity | fwd ms | fwd+bwd ms | peak MiB "
+        "| fwd x flash | f+b x flash | fwd x adasplash | f+b x adasplash | note |"
+    )
+    n_columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * n_columns]
+    for r in rows:
+        sparsity = "-" if r.block_sparsity is None else f"{100 * r.block_sparsity:.1f}%"
+        cells = [
+            r.method, str(r.n), str(r.d), r.regime, sparsity,
+            _fmt(r.fwd_ms, ".3f"), _fmt(r.fwd_bwd_ms, ".3f"), _fmt(r.peak_mib, ".0f"),
+            _fmt(r.ratios.get("fwd/sdpa_flash"), ".2f"), _fmt(r.ratios.get("fwd_bwd/sdpa_flash"), ".2f"),
+            _fmt(r.ratios.get("fwd/adasplash"), ".2f"), _fmt(r.ratios.get("fwd_bwd/adasplash"), ".2f"),
+            r.note,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    info = {"torch": torch.__version__, "device": "cpu"}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_json(rows: list[BenchRow], path: str | Path, meta: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+
+
+def plot_rows(rows: list[BenchRow], path: str | Path, title: str = "") -> None:
+    """Time vs N per method: one row of panels (fwd, fwd+bwd) per (D, regime), log-log axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r.d, r.regime) for r in rows})
+    if not cases:
+        raise ValueError("nothing to plot: no benchmark rows")
+    fig, axes = plt.subplots(len(cases), 2, figsize=(11, 3.6 * len(cases)), squeeze=False)
+    for (d, regime), panel_row in zip(cases, axes):
+        for ax, attr, label in ((panel_row[0], "fwd_ms", "forward"), (panel_row[1], "fwd_bwd_ms", "forward+backward")):
+            for method in sorted({r.method for r in rows}):
+                points = sorted(
+                    (r.n, getattr(r, attr))
+                    for r in rows
+                    if (r.d, r.regime, r.method) == (d, regime, method) and getattr(r, attr) is not None
+                )
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=method)
+            ax.set(xscale="log", yscale="log", xlabel="N", ylabel="ms (median)", title=f"{label}, D={d}, {regime}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration
+# ----------------------------------------------------------------------------------------------
+
+
+def calibrate_temperature(measure, target: float, lo: float = 0.02, hi: float = 4.0, iters: int = 12):
+    """Bisection on the temperature so that measure(temp) (block sparsity, increasing in temp)
+    reaches target; returns (temperature, measured sparsity there)."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target block sparsity must lie in (0, 1), got {target}")
+    s_lo, s_hi = measure(lo), measure(hi)
+    if not s_lo <= target <= s_hi:
+        raise ValueError(
+            f"target {target} is outside [{s_lo:.3f}, {s_hi:.3f}] reached by temperatures [{lo}, {hi}]; widen them"
+        )
+    for _ in range(iters):
+        # Geometric midpoint: sparsity moves with the log of the temperature.
+        mid = math.sqrt(lo * hi)
+        s_mid = measure(mid)
+        if s_mid < target:
+            lo, s_lo = mid, s_mid
+        else:
+            hi, s_hi = mid, s_mid
+    return (lo, s_lo) if abs(s_lo - target) <= abs(s_hi - target) else (hi, s_hi)
+
+
+def sparsity_measure(n: int, d: int, seed: int, device, ours=None, n_row_tiles: int = 16, heads: int = 16):
+    """measure(temp) -> block sparsity of make_qk(n, d, temp, seed) (bf16 on CUDA, else float32)."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+    def measure(temp: float) -> float:
+        q, k = make_qk(n, d, temp, seed, heads=heads, dtype=dtype, device=device)
+        return measure_block_sparsity(q, k, ours=ours, n_row_tiles=n_row_tiles)[0]
+
+    return measure
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seqlens", type=int, nargs="+", default=list(DEFAULT_SEQLENS))
+    p.add_argument("--head-dims", type=int, nargs="+", default=list(DEFAULT_HEAD_DIMS))
+    p.add_argument("--regimes", nargs="+", default=list(DEFAULT_REGIMES),
+                   help="regime names (trained, long, sparse) or temperatures")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-sets", type=int, default=3, help="input sets rotated between calls (small N only)")
+    p.add_argument("--qk-file", action="append", default=[], help="torch.save'd dict of q, k[, v] (repeatable)")
+    p.add_argument("--json", help="write rows and environment to this JSON file")
+    p.add_argument("--plot", help="write a time-vs-N plot (PNG) to this path")
+    p.add_argument("--calibrate", action="store_true", help="search the temperature for --target and exit")
+    p.add_argument("--target", type=float, default=0.6, help="block sparsity to calibrate for")
+    p.add_argument("--calib-n", type=int, default=8192)
+    p.add_argument("--calib-d", type=int, default=64)
+    p.add_argument("--temp-range", type=float, nargs=2, default=[0.02, 4.0], metavar=("LO", "HI"),
+                   help="temperatures bracketing the calibration target")
+    p.add_argument("--row-tiles", type=int, default=16, help="query tiles sampled by the reference sparsity")
+    args = p.parse_args(argv)
+    args.regimes = [_regime_arg(r) for r in args.regimes]
+    for n in args.seqlens:
+        if n < 1:
+            p.error(f"--seqlens must be positive, got {n}")
+    return args
+
+
+def _regime_arg(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        if text not in REGIME_TARGETS:
+            raise SystemExit(f"--regimes: unknown regime {text!r}; use {sorted(REGIME_TARGETS)} or a temperature")
+        return text
+
+
+def _available_methods(names) -> dict:
+    """name -> callable, or name -> note string when it cannot run."""
+    methods = {}
+    for name in names:
+        try:
+            methods[name] = build_method(name)
+        except MethodUnavailable as err:
+            methods[name] = f"skipped: {err}"
+            print(f"note: {name} skipped: {err}", file=sys.stderr)
+    return methods
+
+
+def _cases(args):
+    """(label, n, d, q, k, v) on the CPU in float32, generated lazily (one case in memory at once)."""
+    for d in args.head_dims:
+        for regime in args.regimes:
+            label = regime if isinstance(regime, str) else f"temp={regime:g}"
+            for n in args.seqlens:
+                q, k, v = make_qkv(n, d, regime, args.seed, batch=args.batch, heads=args.heads)
+                yield label, n, d, q, k, v
+    for path in args.qk_file:
+        tensors = load_qkv_file(path)
+        full_n = tensors["q"].shape[2]
+        for n in sorted({full_n, *[n for n in args.seqlens if n < full_n]}):
+            q, k, v = (tensors[name][:, :, :n] for name in ("q", "k", "v"))
+            yield f"file:{Path(path).stem}", n, q.shape[-1], q, k, v
+
+
+def run_calibration(args, ours) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    measure = sparsity_measure(
+        args.calib_n, args.calib_d, args.seed, device, ours=ours, n_row_tiles=args.row_tiles, heads=args.heads
+    )
+    temp, reached = calibrate_temperature(measure, args.target, lo=args.temp_range[0], hi=args.temp_range[1])
+    print(f"N={args.calib_n} D={args.calib_d} target {args.target:.3f}: temperature {temp:.4f} "
+          f"gives block sparsity {reached:.3f} (device {environment()['device']})")
+
+
+def main(argv=None) -> list[BenchRow]:
+    args = parse_args(argv)
+    if args.calibrate:
+        # On the CPU the reference measures; the Triton kernel's stats are used only under CUDA.
+        ours = _available_methods(["ours"])["ours"] if torch.cuda.is_available() else None
+        run_calibration(args, None if isinstance(ours, str) else ours)
+        return []
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention times CUDA kernels and needs a GPU (--calibrate works on the CPU)")
+    methods = _available_methods(args.methods)
+    ours = None if isinstance(methods.get("ours"), str) else methods.get("ours")
+
+    meta = environment() | {"dtype": "bfloat16", "causal": True, "batch": args.batch, "heads": args.heads}
+    print(f"# attention benchmark on {meta['device']} (torch {meta['torch']}, triton {meta.get('triton')})")
+    rows = []
+    for label, n, d, q, k, v in _cases(args):
+        q, k, v = (t.to("cuda", torch.bfloat16).contiguous() for t in (q, k, v))
+        sparsity = measure_block_sparsity(q, k, ours=ours, n_row_tiles=args.row_tiles)
+        case_rows = bench_case(methods, q, k, v, n, d, label, sparsity, n_sets=args.input_sets)
+        for row in case_rows:
+            print(f"  {row.method:>10} N={n} D={d} {label}: fwd {_fmt(row.fwd_ms, '.3f')} ms, "
+                  f"fwd+bwd {_fmt(row.fwd_bwd_ms, '.3f')} ms {row.note}", flush=True)
+        rows.extend(case_rows)
+        del q, k, v
+        torch.cuda.empty_cache()
+    add_ratios(rows)
+    print(format_table(rows))
+    if args.json:
+        write_json(rows, args.json, meta)
+    if args.plot:
+        plot_rows(rows, args.plot, title=meta["device"])
+    return rows
+
+
+if __name__ == "__main__":
+    main()

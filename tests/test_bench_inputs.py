@@ -1,0 +1,201 @@
+"""CPU tests of scripts/bench_attention.py: inputs, sparsity measurement, calibration, reporting."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import reference
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attention.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These tensors are small: one intra-op thread avoids OpenMP overhead on busy CI cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def full_block_sparsity(q, k):
+    probs = reference.entmax_attention_probs(q, k, alpha=1.5, causal=True)
+    allowed = reference.allowed_mask(q.shape[2], k.shape[2], causal=True)
+    return reference.block_sparsity(probs, allowed, block_m=64, block_n=64)
+
+
+@pytest.mark.parametrize("regime", ["trained", "long", "sparse", 0.3])
+def test_make_qk_shapes_norms_and_dtype(bench, regime):
+    q, k = bench.make_qk(96, 64, regime, seed=1, batch=2, heads=3)
+    assert q.shape == k.shape == (2, 3, 96, 64)
+    assert q.dtype == k.dtype == torch.float32
+    temp = bench.temperature_for(regime, 64)
+    # RoPE is a rotation: it keeps the norms set before it.
+    torch.testing.assert_close(q.norm(dim=-1), torch.full((2, 3, 96), 8.0 * temp), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(k.norm(dim=-1), torch.full((2, 3, 96), 8.0), rtol=1e-4, atol=1e-4)
+    q16, _ = bench.make_qk(96, 64, regime, seed=1, batch=2, heads=3, dtype=torch.bfloat16)
+    assert q16.dtype == torch.bfloat16
+
+
+def test_make_qk_is_deterministic_per_seed(bench):
+    first = bench.make_qkv(128, 32, 0.5, seed=3, heads=2)
+    again = bench.make_qkv(128, 32, 0.5, seed=3, heads=2)
+    other = bench.make_qkv(128, 32, 0.5, seed=4, heads=2)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    for a, b in zip(first, other):
+        assert not torch.equal(a, b)
+
+
+def test_lower_temperature_gives_lower_block_sparsity(bench):
+    measured = []
+    for temp in (0.6, 1.2, 2.4):
+        q, k = bench.make_qk(512, 64, temp, seed=0, heads=4)
+        measured.append(full_block_sparsity(q, k))
+    assert measured[0] < measured[1] < measured[2]
+    assert measured[2] - measured[0] > 0.2
+
+
+def test_rope_is_relative(bench):
+    # With RoPE, scores depend on the position offset only: shifting both positions keeps q.k.
+    gen = torch.Generator().manual_seed(0)
+    q0, k0 = torch.randn(2, 16, generator=gen)
+    q_rows = bench.rope_rotate(q0.expand(40, 16).clone())
+    k_rows = bench.rope_rotate(k0.expand(40, 16).clone())
+    torch.testing.assert_close(q_rows[10] @ k_rows[3], q_rows[30] @ k_rows[23], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="even"):
+        bench.rope_rotate(torch.randn(4, 5))
+
+
+def test_temperature_errors(bench):
+    with pytest.raises(ValueError, match="unknown regime"):
+        bench.temperature_for("dense", 64)
+    with pytest.raises(ValueError, match="head dim 32"):
+        bench.temperature_for("trained", 32)
+    with pytest.raises(ValueError, match="positive"):
+        bench.temperature_for(-1.0, 64)
+
+
+def test_measure_block_sparsity_falls_back_to_reference(bench):
+    q, k = bench.make_qk(256, 64, 2.0, seed=0, heads=2)
+    value, source = bench.measure_block_sparsity(q, k, ours=None, n_row_tiles=4)
+    assert source.startswith("reference")
+    assert value == pytest.approx(full_block_sparsity(q, k), abs=1e-12)
+
+
+def test_calibrate_temperature_hits_target(bench):
+    measure = bench.sparsity_measure(512, 64, seed=0, device="cpu", n_row_tiles=8, heads=2)
+    temp, reached = bench.calibrate_temperature(measure, 0.3, lo=0.2, hi=4.0, iters=5)
+    assert abs(reached - 0.3) < 0.08
+    assert measure(temp) == pytest.approx(reached)
+    with pytest.raises(ValueError, match="target"):
+        bench.calibrate_temperature(measure, 1.5)
+
+
+def test_calibrate_rejects_unreachable_target(bench):
+    with pytest.raises(ValueError, match="outside"):
+        bench.calibrate_temperature(lambda temp: min(0.5, temp), 0.9, lo=0.1, hi=1.0)
+
+
+def test_load_qkv_file(bench, tmp_path):
+    path = tmp_path / "capture.pt"
+    torch.save({"q": torch.randn(4, 100, 32), "k": torch.randn(4, 100, 32)}, path)
+    tensors = bench.load_qkv_file(path)
+    assert tensors["q"].shape == tensors["k"].shape == tensors["v"].shape == (1, 4, 100, 32)
+    torch.save({"q": torch.randn(4, 100, 32)}, path)
+    with pytest.raises(ValueError, match="'q' and 'k'"):
+        bench.load_qkv_file(path)
+    torch.save({"q": torch.randn(4, 100, 32), "k": torch.randn(4, 90, 32)}, path)
+    with pytest.raises(ValueError, match="share N and D"):
+        bench.load_qkv_file(path)
+
+
+def test_qk_file_cases_include_prefixes(bench, tmp_path):
+    path = tmp_path / "capture.pt"
+    torch.save({"q": torch.randn(1, 2, 300, 16), "k": torch.randn(1, 2, 300, 16)}, path)
+    args = bench.parse_args(["--seqlens", "128", "512", "--head-dims", "16", "--regimes", "sparse", "--qk-file", str(path)])
+    args.head_dims = []  # only the file's cases
+    cases = [(label, n, d) for label, n, d, *_ in bench._cases(args)]
+    assert cases == [("file:capture", 128, 16), ("file:capture", 300, 16)]
+
+
+def fake_rows(bench):
+    rows = []
+    for n, flash, ada, ours in ((4096, 1.0, 2.0, 0.5), (8192, 4.0, 4.0, 2.0)):
+        for method, ms in (("sdpa_flash", flash), ("adasplash", ada), ("ours", ours)):
+            rows.append(bench.BenchRow(method, n, 64, "trained", 0.6, "kernel", ms, 3 * ms, 100.0))
+    rows.append(bench.BenchRow("sdpa_cudnn", 4096, 64, "trained", 0.6, "kernel", note="out of memory"))
+    return rows
+
+
+def test_ratios_and_table(bench):
+    rows = fake_rows(bench)
+    bench.add_ratios(rows)
+    ours_4k = rows[2]
+    assert ours_4k.ratios["fwd/sdpa_flash"] == pytest.approx(0.5)
+    assert ours_4k.ratios["fwd_bwd/adasplash"] == pytest.approx(0.25)
+    assert rows[-1].ratios == {}
+    table = bench.format_table(rows)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(rows)
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| ours | 4096 | 64 | trained | 60.0% | 0.500 | 1.500 | 100 | 0.50 | 0.50 | 0.25 | 0.25 |" in table
+    assert "out of memory" in lines[-1]
+
+
+def test_json_and_plot_outputs(bench, tmp_path):
+    rows = fake_rows(bench)
+    bench.add_ratios(rows)
+    bench.write_json(rows, tmp_path / "out" / "bench.json", {"device": "test"})
+    data = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert data["meta"]["device"] == "test" and len(data["rows"]) == len(rows)
+    assert data["rows"][0]["method"] == "sdpa_flash"
+    bench.plot_rows(rows, tmp_path / "bench.png", title="test")
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_cli_parsing_and_cpu_behaviour(bench, capsys):
+    args = bench.parse_args(["--seqlens", "4096", "--regimes", "trained", "0.25", "--methods", "ours"])
+    assert args.regimes == ["trained", 0.25] and args.methods == ["ours"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--regimes", "dense"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "flash3"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a GPU"):
+            bench.main(["--seqlens", "256"])
+        bench.main(["--calibrate", "--target", "0.3", "--calib-n", "512", "--calib-d", "64", "--row-tiles", "4",
+                    "--temp-range", "0.5", "4.0", "--heads", "2"])
+        assert "temperature" in capsys.readouterr().out
+
+
+def test_unknown_method_and_missing_package(bench, monkeypatch):
+    with pytest.raises(ValueError, match="unknown method"):
+        bench.build_method("flash3")
+    monkeypatch.setitem(sys.modules, "adasplash", None)  # import fails like a missing package
+    with pytest.raises(bench.MethodUnavailable, match="adasplash"):
+        bench.build_method("adasplash")
+    methods = bench._available_methods(["adasplash"])
+    assert methods["adasplash"].startswith("skipped")
+
+
+def test_regime_temperatures_are_ordered(bench):
+    for d, temps in bench.REGIME_TEMPERATURES.items():
+        # 'long' is anchored at 70% at 32k, 'trained' at ~57% at 8k, 'sparse' at 92% at 4k.
+        assert temps["long"] < temps["trained"] < temps["sparse"], d
+        assert all(math.isfinite(t) and t > 0 for t in temps.values())
