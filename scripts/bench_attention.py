@@ -240,7 +240,8 @@ def measure_block_sparsity(q, k, ours=None, n_row_tiles: int = 16) -> tuple[floa
     otherwise the exact reference on n_row_tiles sampled query tiles."""
     if ours is not None:
         try:
-            _, stats = ours.with_stats(q, k, k)  # values do not change which tiles are zero
+            with torch.no_grad():
+                _, stats = ours.with_stats(q, k, k)  # values do not change which tiles are zero
             return float(stats["block_sparsity"]), "kernel"
         except Exception as err:  # noqa: BLE001 - fall back to the reference, and say so
             print(f"  (our kernel's stats failed: {err!r}; using the reference)", file=sys.stderr)
@@ -326,7 +327,8 @@ def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_
         except torch.cuda.OutOfMemoryError:
             row.note = "out of memory"
         except Exception as err:  # noqa: BLE001 - one failing method must not end the sweep
-            row.note = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+            first_line = (str(err).splitlines() or [""])[0]
+            row.note = f"{type(err).__name__}: {first_line[:120]}"
         finally:
             for inputs in input_sets:
                 for t in inputs[:3]:

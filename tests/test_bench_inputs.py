@@ -199,3 +199,40 @@ def test_regime_temperatures_are_ordered(bench):
         # 'long' is anchored at 70% at 32k, 'trained' at ~57% at 8k, 'sparse' at 92% at 4k.
         assert temps["long"] < temps["trained"] < temps["sparse"], d
         assert all(math.isfinite(t) and t > 0 for t in temps.values())
+
+
+def test_input_sets_rotate_and_backpropagate(bench):
+    q, k, v = bench.make_qkv(64, 16, 0.5, seed=0, heads=2)
+    sets = bench.input_sets_for(q, k, v, n_sets=3)
+    assert len(sets) == 3
+    assert all(torch.equal(s[0], q) and s[0].requires_grad and s[0].data_ptr() != q.data_ptr() for s in sets)
+    assert len(bench.input_sets_for(q, k, v, n_sets=3, max_set_bytes=1)) == 1
+
+    def attention(q_, k_, v_):
+        return reference.entmax_attention(q_, k_, v_)
+
+    run = bench._cycle(attention, sets, backward=True)
+    run()
+    run()
+    assert sets[0][0].grad is not None and sets[1][1].grad is not None and sets[2][0].grad is None
+    bench._cycle(attention, sets, backward=False)()
+    assert sets[0][2].grad.abs().sum() > 0
+
+
+def test_bench_case_rows_and_failure_notes(bench, monkeypatch):
+    def broken(q, k, v):
+        raise RuntimeError("power-of-two N only\nsecond line")
+
+    def fake_time_ms(attention, sets, backward):
+        return attention(*sets[0][:3]) if attention is broken else 1.0
+
+    monkeypatch.setattr(bench, "time_ms", fake_time_ms)
+    monkeypatch.setattr(bench, "peak_mib", lambda attention, inputs, backward: 5.0)
+    q, k, v = bench.make_qkv(64, 16, 0.5, seed=0, heads=2)
+    methods = {"ours": reference.entmax_attention, "adasplash": "skipped: not installed", "sdpa_flash": broken}
+    rows = bench.bench_case(methods, q, k, v, 64, 16, "trained", (0.5, "reference"), n_sets=2)
+    by_method = {row.method: row for row in rows}
+    assert by_method["ours"].fwd_ms == 1.0 and by_method["ours"].peak_mib == 5.0
+    assert by_method["adasplash"].note == "skipped: not installed" and by_method["adasplash"].fwd_ms is None
+    assert by_method["sdpa_flash"].note == "RuntimeError: power-of-two N only"
+    assert all(row.block_sparsity == 0.5 for row in rows)
