@@ -59,7 +59,8 @@ def evaluate(cfg: DictConfig, *, model=None, tokenizer=None, output_dir: str | P
         try:
             record(run_unit())
         except Exception as error:  # one failing unit must not take the sweep's other results with it
-            log.exception("%s %s failed; recording the error and continuing", task, fields)
+            log.error("%s %s failed (%s: %s); recording the error and continuing", task, fields,
+                      type(error).__name__, error, exc_info=log.isEnabledFor(logging.DEBUG))
             record([results.error_row({}, error, task=task, **fields)])
     if task == "niah":
         _save_needle_outputs(rows, output_dir, base["run"], training_length(model))

@@ -1,0 +1,114 @@
+"""End to end: two tiny checkpoints (entmax, softmax) trained here, a Hydra multirun sweep of
+`python -m evals` over checkpoints x tasks x lengths, lm-eval through the runner, one report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from adasplash_train.config import compose as compose_train
+from adasplash_train.train import train
+from evals.__main__ import CONFIG_DIR
+from evals.report import SECTIONS, build_report, main as report_main, markdown_to_html
+from evals.results import read_rows, run_label
+from evals.runner import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for attention in ("entmax", "softmax"):
+        cfg = compose_train("train", [
+            "experiment=smoke", f"attention={attention}", f"run_name=tiny_{attention}", "model.max_seq_len=64",
+            "batch_size=2", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+            "checkpoint_every_n_steps=2", "optim.warmup_steps=1", "callbacks.progress_bar=null",
+            "trainer.log_every_n_steps=1", f"paths.root_dir={root}", f"paths.cache_dir={root / 'cache'}",
+            "data.source_args.max_docs=20", "data.val_fraction=0.1", "data.progress=false"])
+        train(cfg)
+        runs[attention] = root / f"tiny_{attention}"
+    return runs
+
+
+def eval_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="eval", overrides=overrides)
+
+
+def test_sweep_then_report(checkpoints, tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "evals", "-m", f"ckpt={checkpoints['entmax']},{checkpoints['softmax']}",
+        "task=ruler,niah", "lengths=[300,700]", "ruler.tasks=[niah_single_1,niah_multikey_2,qa_1]",
+        "ruler.num_samples=2", "ruler.tokens_to_generate=8", "niah.depths=[0,50,100]", "niah.samples_per_cell=1",
+        "niah.tokens_to_generate=8", "niah.haystack=noise", "device=cpu", "progress=false", f"hydra.sweep.dir={sweep}",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "qa_1 skipped" in done.stdout + done.stderr  # no SQuAD file given
+
+    # lm-eval through the same runner, appended to the sweep's results file
+    results_file = sweep / "results.jsonl"
+    cfg = eval_config([f"ckpt={checkpoints['entmax']}", "task=lm_eval", "lm_eval.limit=2", "device=cpu"])
+    evaluate(cfg, output_dir=tmp_path / "lm_eval", results_file=results_file)
+
+    rows = read_rows([sweep])
+    ruler = [r for r in rows if r["task"] == "ruler"]
+    # 2 checkpoints x 2 tasks x 2 lengths; 300 tokens cannot hold the prompt: error rows, 700 still ran
+    assert len(ruler) == 8
+    assert all(r["error"] and "longer length" in r["error"] for r in ruler if r["length"] == 300)
+    assert all(r["error"] is None and 0 <= r["score"] <= 100 and r["beyond_training"] for r in ruler if r["length"] == 700)
+    needle = [r for r in rows if r["task"] == "niah" and r["score"] is not None]
+    assert sorted({r["depth"] for r in needle}) == [0, 50, 100] and {r["run"] for r in needle} == {"tiny_entmax", "tiny_softmax"}
+    assert {r["attention"] for r in rows} == {"entmax", "softmax"} and {r["train_length"] for r in rows} == {64}
+    assert any(r["task"] == "lm_eval" and r["metric"] == "acc" for r in rows)
+    assert list(sweep.glob("*/niah/tiny_*_needle.png")) and list(sweep.glob("*/niah/tiny_*_needle.csv"))
+    predictions = [json.loads(line) for f in sweep.glob("*/predictions/*.jsonl") for line in f.read_text().splitlines()]
+    assert predictions and all("prediction" in p and p["answers"] for p in predictions)
+
+    out = tmp_path / "docs" / "report.md"
+    report_main([f"runs=[{checkpoints['entmax']},{checkpoints['softmax']}]", f"results=[{sweep}]", f"out={out}",
+                 "html=true"])
+    text = out.read_text()
+    for section in SECTIONS + ("Errors",):
+        assert f"## {section}" in text, section
+    assert "700†" in text and "| niah_single_1 |" in text and "| RULER avg | 700† |" in text
+    assert (out.parent / "report_figures" / "loss_curves.png").stat().st_size > 0
+    assert (out.parent / "report_figures" / "needle_heatmaps.png").stat().st_size > 0
+    assert "<table>" in out.with_suffix(".html").read_text()
+
+
+def test_eval_config_errors_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="ckpt is required"):
+        evaluate(eval_config(["task=ruler"]), results_file=tmp_path / "r.jsonl")
+    with pytest.raises(ValueError, match="task="):
+        evaluate(eval_config(["task=poetry"]), model=object(), tokenizer=object())
+    with pytest.raises(ValueError, match="lengths"):
+        evaluate(eval_config(["task=ruler", "lengths=[]"]), model=object(), tokenizer=object())
+    with pytest.raises(ValueError, match="unknown tasks"):
+        evaluate(eval_config(["task=ruler", "ruler.tasks=[niah_single_9]"]), model=object(), tokenizer=object())
+
+
+def test_report_arguments_and_html(tmp_path):
+    with pytest.raises(SystemExit, match="nothing to report"):
+        report_main([f"out={tmp_path / 'r.md'}"])
+    with pytest.raises(SystemExit, match="unknown argument"):
+        report_main(["runz=[a]"])
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        build_report([tmp_path], [], tmp_path / "r.md")
+    page = markdown_to_html("# T\n\n| a | b |\n|---|---|\n| 1 | **2** |\n\n![x](f.png)\n", "T")
+    assert "<h1>T</h1>" in page and "<td><b>2</b></td>" in page and '<img alt="x" src="f.png">' in page
+
+
+def test_run_labels():
+    assert run_label("runs/entmax_8k/checkpoints/last.ckpt") == "entmax_8k"
+    assert run_label("runs/entmax_8k") == "entmax_8k"
+    assert run_label("model.ckpt") == "model"
+    assert run_label("runs/x", name="mine") == "mine"
