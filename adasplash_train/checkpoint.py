@@ -13,6 +13,14 @@ from adasplash_train.model import GPT, GPTConfig
 log = logging.getLogger(__name__)
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newer of checkpoints/last.ckpt (periodic) and checkpoints/interrupted.ckpt (written when a
+    run stops on an exception or Ctrl-C), or None when the run has neither."""
+    found = [p for p in (run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "interrupted.ckpt")
+             if p.exists()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def _portable_attention(attention: dict, device: torch.device) -> dict:
     """A checkpoint trained with a CUDA-only backend still loads on a CPU: use the backend that
     computes the same function there (entmax: the exact reference; softmax: SDPA's own choice)."""
@@ -29,7 +37,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
     (default: CUDA if available, else CPU)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        path = latest_checkpoint(path) or path / "checkpoints" / "last.ckpt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path} (pass a .ckpt file or a run directory)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

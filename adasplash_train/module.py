@@ -112,10 +112,13 @@ class LanguageModel(L.LightningModule):
 
     # --------------------------------------------------------------- exact resume
 
+    # RNG states are stored as plain lists and tensors so that Lightning's weights_only loading accepts them
     def on_save_checkpoint(self, checkpoint):
+        version, mt_state, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_states"] = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": [version, list(mt_state), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -124,8 +127,10 @@ class LanguageModel(L.LightningModule):
         states = checkpoint.get("rng_states")
         if not states:
             return
-        random.setstate(states["python"])
-        np.random.set_state(states["numpy"])
+        version, mt_state, gauss = states["python"]
+        random.setstate((version, tuple(mt_state), gauss))
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])

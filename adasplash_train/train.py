@@ -12,29 +12,30 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from adasplash_train.checkpoint import latest_checkpoint
 from adasplash_train.module import LanguageModel
 
 log = logging.getLogger(__name__)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last` resumes from <run_dir>/checkpoints/last.ckpt (it must exist), `auto` resumes when it
-    exists and starts fresh otherwise, anything else is a checkpoint file. Starting fresh over a run
+    """`last` resumes from the run's latest checkpoint (it must exist), `auto` resumes when there is
+    one and starts fresh otherwise, anything else is a checkpoint file. Starting fresh over a run
     that has checkpoints is refused, so no earlier work is overwritten by accident."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = latest_checkpoint(run_dir)
     if ckpt_path in (None, "", "null", "none"):
-        if last.exists():
+        if last is not None:
             raise FileExistsError(
                 f"{run_dir} already holds a run with checkpoints ({last}). Resume it with ckpt_path=last, "
                 "or start a new one with run_name=<new name> (or delete that folder)."
             )
         return None
     if ckpt_path == "auto":
-        return str(last) if last.exists() else None
+        return str(last) if last is not None else None
     if ckpt_path == "last":
-        if not last.exists():
-            raise FileNotFoundError(f"ckpt_path=last: no {last} yet; start the run first (ckpt_path=null) "
-                                    "or check run_name / paths.run_dir")
+        if last is None:
+            raise FileNotFoundError(f"ckpt_path=last: no checkpoint in {run_dir / 'checkpoints'} yet; start the run "
+                                    "first (ckpt_path=null) or check run_name / paths.run_dir")
         return str(last)
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist")
@@ -61,7 +62,9 @@ def build_model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
     return model_cfg
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
+    """Train as configured and return the final metrics. `extra_callbacks` are added to the
+    configured ones (programmatic use: notebooks, tests)."""
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -84,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    callbacks += list(extra_callbacks or [])
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(str(trainer_cfg.get("precision", "auto")),
                                                  str(trainer_cfg.get("accelerator", "auto")))

@@ -4,6 +4,7 @@ loss falls, resume continues the same run, load_model rebuilds the model, bad co
 import csv
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
@@ -18,7 +19,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 def small_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
     # a small slice of the embedded corpus keeps tokenisation out of the test's time
-    return [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", "+data.max_docs=40"]
+    return [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", "data.source_args.max_docs=40", "data.val_fraction=0.1", "data.progress=false"]
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +27,20 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("token_cache")
 
 
-def run(overrides):
+def run(overrides, extra_callbacks=None):
     cfg = compose("train", overrides)
-    return cfg, train(cfg)
+    return cfg, train(cfg, extra_callbacks)
+
+
+class CrashAtStep(L.Callback):
+    """Simulates a crash (node failure, preemption) right after optimizer step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -45,18 +57,20 @@ def test_main_job_default_composes():
     assert cfg.attention.name in ("entmax", "softmax") and cfg.data is not None
 
 
-def train_small(tmp_path, cache_dir, steps, extra=()):
+def train_small(tmp_path, cache_dir, steps, extra=(), extra_callbacks=None):
     overrides = ["experiment=smoke", "model.max_seq_len=64", "batch_size=4", f"trainer.max_steps={steps}",
                  "trainer.val_check_interval=4", "trainer.limit_val_batches=2", "checkpoint_every_n_steps=4",
-                 "optim.warmup_steps=2", "callbacks.progress_bar=null", *small_overrides(tmp_path, cache_dir), *extra]
-    return run(overrides)
+                 "optim.warmup_steps=2", "trainer.log_every_n_steps=1", "callbacks.progress_bar=null", *small_overrides(tmp_path, cache_dir), *extra]
+    return run(overrides, extra_callbacks)
 
 
-def test_resume_continues_the_same_run(tmp_path, cache_dir):
-    # uninterrupted: 8 steps; interrupted: 4 steps, then resume from last.ckpt to 8
+@pytest.mark.parametrize("crash_at", [4, 6])
+def test_resume_continues_the_same_run(tmp_path, cache_dir, crash_at):
+    # uninterrupted: 8 steps; interrupted: a crash after step 4 (a periodic checkpoint exists) or 6
+    # (only the on-exception checkpoint has it), then ckpt_path=last resumes to step 8
     _, full = train_small(tmp_path / "a", cache_dir, 8)
-    _, half = train_small(tmp_path / "b", cache_dir, 4)
-    assert half["global_step"] == 4
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_small(tmp_path / "b", cache_dir, 8, extra_callbacks=[CrashAtStep(crash_at)])
     cfg, resumed = train_small(tmp_path / "b", cache_dir, 8, ["ckpt_path=last"])
     assert resumed["global_step"] == 8
     assert resumed["train/loss"] == pytest.approx(full["train/loss"], rel=1e-4, abs=1e-5)
