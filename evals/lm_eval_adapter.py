@@ -1,7 +1,7 @@
 """lm-evaluation-harness adapter: our checkpoints as the registered lm-eval model "adasplash".
 
-    lm_eval --model adasplash --model_args ckpt=runs/entmax_8k --tasks adasplash_local \\
-            --include_path evals/lm_eval_tasks
+    python -m evals.lm_eval_adapter run --model adasplash --model_args ckpt=runs/entmax_8k \\
+        --tasks adasplash_local --include_path evals/lm_eval_tasks
 
 or from Python, ``run_lm_eval(model, tokenizer, tasks=[...])``. Importing this module imports
 lm_eval; nothing on the training path imports it.
@@ -193,3 +193,15 @@ def result_rows(results: dict[str, dict[str, Any]], max_length: int | None = Non
                          "metric": metric if filter_name == "none" else f"{metric} ({filter_name})",
                          "score": float(value), "error": None})
     return rows
+
+
+if __name__ == "__main__":
+    # lm-eval's own command line with the "adasplash" model registered:
+    # python -m evals.lm_eval_adapter run --model adasplash --model_args ckpt=runs/smoke --tasks adasplash_local \
+    #     --include_path evals/lm_eval_tasks
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
