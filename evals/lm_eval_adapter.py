@@ -22,7 +22,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from evals.generate import greedy_generate, model_device, training_length, truncate_at_stop
+from evals.generate import cast_for_inference, greedy_generate, model_device, training_length, truncate_at_stop
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ class AdasplashLM(TemplateLM):
     """An adasplash-train GPT behind lm-eval's three request types (greedy generation only)."""
 
     def __init__(self, ckpt: str | None = None, device: str | None = None, batch_size: int | str = 4,
-                 max_length: int | str | None = None, max_gen_toks: int | str = 256, model=None, tokenizer=None,
-                 **unused):
+                 max_length: int | str | None = None, max_gen_toks: int | str = 256, dtype: str | None = "auto",
+                 model=None, tokenizer=None, **unused):
         super().__init__()
+        unused = {key: value for key, value in unused.items() if value is not None}
         if unused:
             log.warning("adasplash model ignores arguments %s", sorted(unused))
         if model is None:
@@ -45,6 +46,7 @@ class AdasplashLM(TemplateLM):
             from adasplash_train.checkpoint import load_model
 
             model, tokenizer = load_model(ckpt, device=device)
+            model = cast_for_inference(model, dtype)
         elif tokenizer is None:
             raise ValueError("model was given without its tokenizer")
         self.model = model.eval()

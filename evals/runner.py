@@ -14,7 +14,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from evals import results
-from evals.generate import training_length
+from evals.generate import cast_for_inference, training_length
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def evaluate(cfg: DictConfig, *, model=None, tokenizer=None, output_dir: str | P
         from adasplash_train.checkpoint import load_model
 
         model, tokenizer = load_model(cfg.ckpt, device=cfg.get("device"))
+        model = cast_for_inference(model, cfg.get("dtype", "auto"))
     elif tokenizer is None:
         raise ValueError("a model was given without its tokenizer")
     output_dir = Path(output_dir or cfg.get("output_dir") or ".")

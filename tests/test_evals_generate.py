@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adasplash_train.model import GPT, GPTConfig
-from evals.generate import greedy_generate, length_groups, truncate_at_stop
+from evals.generate import cast_for_inference, greedy_generate, length_groups, truncate_at_stop
 
 
 class NextTokenModel(torch.nn.Module):
@@ -76,3 +76,11 @@ def test_bad_arguments_are_explained():
     with pytest.raises(ValueError, match="tokenizer"):
         greedy_generate(NextTokenModel(), [[1]], 3, eot_id=None, stop_strings=["x"], progress=False)
     assert greedy_generate(NextTokenModel(), [[1]], 0, eot_id=None, progress=False) == [[]]
+
+
+def test_cast_for_inference():
+    model = tiny_gpt({"name": "softmax", "backend": "auto"})
+    assert next(cast_for_inference(model, "auto").parameters()).dtype == torch.float32  # CPU
+    assert next(cast_for_inference(model, "bfloat16").parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        cast_for_inference(model, "fp8")
