@@ -189,7 +189,8 @@ def halley_update(t, lo, hi, mass, slope, curvature):
 
     mass is convex and decreasing in t, so a Newton step from any point lands at or below the
     root: it tightens lo for free. The Halley step (Newton for sparsemax, where curvature = 0) is
-    taken when it stays inside the bracket, the bracket's midpoint otherwise.
+    taken, clamped into the bracket, when it lands within one bracket width of it; the bracket's
+    midpoint otherwise.
     """
     f = mass - 1.0
     lo = tl.where(f > 0, t, lo)
@@ -204,6 +205,12 @@ def halley_update(t, lo, hi, mass, slope, curvature):
     use_halley = has_slope & (denominator > 0)
     halley = t - 2.0 * f * slope / tl.where(use_halley, denominator, 1.0)
     step = tl.where(use_halley, halley, newton)
-    inside = has_slope & (step >= lo) & (step <= hi)
-    t = tl.where(f == 0, t, tl.where(inside, step, 0.5 * (lo + hi)))
+    # A step that overshoots by a little is clamped rather than replaced by the midpoint: when
+    # the root sits on the bracket's edge (t = 0 whenever the arg-max is alone in the support,
+    # the common case for peaked rows), rounding puts nearly every step just outside, and
+    # bisecting there would converge only linearly.
+    width = hi - lo
+    near = has_slope & (step >= lo - width) & (step <= hi + width)
+    clamped = tl.minimum(tl.maximum(step, lo), hi)
+    t = tl.where(f == 0, t, tl.where(near, clamped, 0.5 * (lo + hi)))
     return t, lo, hi

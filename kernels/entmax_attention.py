@@ -43,6 +43,19 @@ _COMPACTION_CHUNK = 128
 
 
 @triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr):
+    """a @ b (+ acc) in fp32. DOT_PRECISION is "ieee" (exact fp32 products, for fp32 inputs),
+    "tf32" (the tensor-core default; 16-bit inputs are multiplied exactly either way), or
+    "upcast", which multiplies 16-bit operands as fp32: Triton's CPU interpreter mishandles
+    bfloat16 products, and the upcast is exact."""
+    if DOT_PRECISION == "upcast":
+        result = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        result = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return result
+
+
+@triton.jit
 def _load_rows(head_ptr, positions, N, HEAD_DIM: tl.constexpr):
     """Rows `positions` of a contiguous [N, HEAD_DIM] matrix; rows past N read as zero."""
     dims = tl.arange(0, HEAD_DIM)
@@ -74,7 +87,7 @@ def _allowed(query_pos, key_pos, query_doc, key_doc, N, CAUSAL: tl.constexpr, HA
 def _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale,
                    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """z = (alpha - 1) * scale * q k^T for a [BLOCK_M, BLOCK_N] tile, -inf where masked."""
-    z = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * z_scale
+    z = _dot(q, tl.trans(k), None, DOT_PRECISION) * z_scale
     col_docs = _load_doc_ids(DocIds_b, cols, N, -1, HAS_DOCS)
     allowed = _allowed(rows[:, None], cols[None, :], row_docs[:, None], col_docs[None, :], N, CAUSAL, HAS_DOCS)
     return tl.where(allowed, z, float("-inf"))
@@ -212,7 +225,7 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, tau, TileList_row,
         u = tl.maximum(z - tau[:, None], 0.0)
         p = _tau.probability(u, power, ALPHA_MODE)
         v = _load_rows(V_head, cols, N, HEAD_DIM)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        acc = _dot(p.to(v.dtype), v, acc, DOT_PRECISION)
         nonzero = tl.max(tl.max(u, axis=1), axis=0) > 0
         tl.store(TileList_row + n_nonzero, kt, mask=nonzero)
         tl.store(TileMask_row + kt, tl.full([], 1, tl.int8), mask=nonzero)
@@ -325,7 +338,7 @@ def _entmax_attention_bwd_dq_kernel(
         v = _load_rows(V_head, cols, N, HEAD_DIM)
         z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
         g = _tau.gradient_weight(tl.maximum(z - tau[:, None], 0.0), power, ALPHA_MODE)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         g_sum += tl.sum(g, axis=1)
         g_dp_sum += tl.sum(g * dp, axis=1)
     delta = tl.where(g_sum > 0, g_dp_sum / tl.where(g_sum > 0, g_sum, 1.0), 0.0)
@@ -338,9 +351,9 @@ def _entmax_attention_bwd_dq_kernel(
         v = _load_rows(V_head, cols, N, HEAD_DIM)
         z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
         g = _tau.gradient_weight(tl.maximum(z - tau[:, None], 0.0), power, ALPHA_MODE)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = g * (dp - delta[:, None])
-        acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=DOT_PRECISION)
+        acc = _dot(ds.to(k.dtype), k, acc, DOT_PRECISION)
 
     dims = tl.arange(0, HEAD_DIM)
     tl.store(DQ + head_offset + rows[:, None] * HEAD_DIM + dims[None, :],
@@ -387,16 +400,16 @@ def _entmax_attention_bwd_dkdv_kernel(
             delta = tl.load(Delta + bh.to(tl.int64) * N + rows, mask=rows < N, other=0.0)
             row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
             # Transposed tile: [BLOCK_N keys, BLOCK_M queries].
-            z_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * z_scale
+            z_t = _dot(k, tl.trans(q), None, DOT_PRECISION) * z_scale
             allowed = _allowed(rows[None, :], cols[:, None], row_docs[None, :], col_docs[:, None], N,
                                CAUSAL, HAS_DOCS)
             u_t = tl.maximum(tl.where(allowed, z_t, float("-inf")) - tau[None, :], 0.0)
             p_t = _tau.probability(u_t, power, ALPHA_MODE)
             g_t = _tau.gradient_weight(u_t, power, ALPHA_MODE)
-            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            dv = _dot(p_t.to(do.dtype), do, dv, DOT_PRECISION)
+            dp_t = _dot(v, tl.trans(do), None, DOT_PRECISION)
             ds_t = g_t * (dp_t - delta[None, :])
-            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+            dk = _dot(ds_t.to(q.dtype), q, dk, DOT_PRECISION)
 
     dims = tl.arange(0, HEAD_DIM)
     out_offsets = kv_offset + cols[:, None] * HEAD_DIM + dims[None, :]
@@ -621,8 +634,12 @@ def _backward(grad_out, q, k, v, doc_ids, has_docs, tau, tile_list, tile_mask, n
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs get exact fp32 products; 16-bit inputs use the tensor cores as usual.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """The DOT_PRECISION constexpr of `_dot` for inputs of this dtype."""
+    if dtype == torch.float32:
+        return "ieee"  # fp32 inputs get exact fp32 products, not tf32
+    if dtype == torch.bfloat16 and is_interpreting():
+        return "upcast"
+    return "tf32"
 
 
 class _EntmaxAttentionFunction(torch.autograd.Function):

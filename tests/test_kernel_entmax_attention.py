@@ -1,0 +1,311 @@
+"""The fused Triton alpha-entmax attention (kernels.entmax_attention) against the exact reference.
+
+Runs on CUDA when present, otherwise in Triton's CPU interpreter (TRITON_INTERPRET=1, which must
+be set before anything imports triton: tests/conftest.py or the environment; this module sets it
+too when it is imported first). Shapes are tiny so the interpreter stays fast. Every test draws
+its own random inputs (seeded from the test id, so failures reproduce) and compares in float64
+with relative errors ||a - b|| / ||b||; a NaN anywhere fails.
+"""
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import reference  # noqa: E402
+
+attention_module = importlib.import_module("kernels.entmax_attention")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNELS_RUNNABLE = torch.cuda.is_available() or attention_module.is_interpreting()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _kernels_must_be_runnable():
+    if not KERNELS_RUNNABLE:
+        pytest.fail("kernels was imported (by another test module) before TRITON_INTERPRET=1 was set, "
+                    "so its Triton kernels cannot run on this CPU machine: set TRITON_INTERPRET=1 in "
+                    "tests/conftest.py (when CUDA is unavailable) or in the environment")
+
+
+@pytest.fixture
+def gen(request):
+    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def make_qkv(gen, batch, heads, kv_heads, seq_len, head_dim, *, q_scale=1.0, dtype=torch.float32):
+    q = torch.randn(batch, heads, seq_len, head_dim, generator=gen) * q_scale
+    k = torch.randn(batch, kv_heads, seq_len, head_dim, generator=gen)
+    v = torch.randn(batch, kv_heads, seq_len, head_dim, generator=gen)
+    return [t.to(DEVICE, dtype).requires_grad_() for t in (q, k, v)]
+
+
+def local_qkv(gen, batch, heads, seq_len, head_dim, *, sharpness):
+    """q, k whose scores peak near the diagonal (a sum of cosines of the position gap, like RoPE
+    on aligned vectors), so that tiles far from it are all-zero: realistic block sparsity."""
+    positions = torch.arange(seq_len, dtype=torch.float64)[:, None]
+    frequencies = torch.logspace(0, -1.5, head_dim // 2, dtype=torch.float64)[None, :]
+    angles = positions * frequencies
+    features = torch.cat([angles.cos(), angles.sin()], dim=-1) / (head_dim // 2) ** 0.5
+    noise = lambda: 0.02 * torch.randn(batch, heads, seq_len, head_dim, generator=gen, dtype=torch.float64)
+    q = (features + noise()) * sharpness * head_dim ** 0.5
+    k = features + noise()
+    v = torch.randn(batch, heads, seq_len, head_dim, generator=gen, dtype=torch.float64)
+    return [t.to(DEVICE, torch.float32).requires_grad_() for t in (q, k, v)]
+
+
+def random_doc_ids(gen, batch, seq_len):
+    """Non-decreasing ids with documents of random lengths (some of one token)."""
+    rows = []
+    for _ in range(batch):
+        cuts = torch.randperm(seq_len - 1, generator=gen)[: max(1, seq_len // 12)] + 1
+        starts = torch.zeros(seq_len, dtype=torch.int64)
+        starts[cuts] = 1
+        starts[seq_len // 2] = 1
+        if seq_len > 3:
+            starts[seq_len - 1] = 1  # a one-token document at the end
+        rows.append(torch.cumsum(starts, 0) + 7)
+    return torch.stack(rows).to(DEVICE)
+
+
+def rel_error(actual, expected):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
+    denominator = expected.norm().item()
+    difference = (actual - expected).norm().item()
+    return difference / denominator if denominator > 0 else difference
+
+
+def kernel_and_reference(q, k, v, *, alpha, causal, doc_ids=None, block=(32, 32), grad_seed_gen=None):
+    """Kernel output, stats and (dq, dk, dv); the same from the float64 reference."""
+    out, stats = kernels.entmax_attention(q, k, v, alpha=alpha, causal=causal, doc_ids=doc_ids,
+                                          return_stats=True, block_sizes=block)
+    grad_out = torch.randn(out.shape, generator=grad_seed_gen).to(DEVICE, out.dtype)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref_out, ref_stats = reference.entmax_attention(q64, k64, v64, alpha=alpha, causal=causal, doc_ids=doc_ids,
+                                                    return_stats=True, block_m=block[0], block_n=block[1])
+    ref_grads = torch.autograd.grad(ref_out, (q64, k64, v64), grad_out.double())
+    return (out, stats, grads), (ref_out, ref_stats, ref_grads)
+
+
+def assert_matches(result, expected, *, fwd_tol, grad_tol):
+    (out, _, grads), (ref_out, _, ref_grads) = result, expected
+    errors = {"out": rel_error(out, ref_out)}
+    for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, ref_grads):
+        errors[name] = rel_error(grad, ref_grad)
+    assert errors["out"] <= fwd_tol, errors
+    assert max(errors[name] for name in ("dq", "dk", "dv")) <= grad_tol, errors
+
+
+# (alpha, causal, batch, heads, kv_heads, seq_len, head_dim, block, q_scale)
+REFERENCE_CASES = [
+    (1.5, True, 1, 2, 2, 100, 32, (32, 32), 2.0),
+    (1.5, False, 1, 2, 2, 100, 32, (32, 32), 2.0),
+    (2.0, True, 1, 2, 1, 100, 32, (32, 32), 2.0),
+    (2.0, False, 1, 2, 1, 100, 32, (32, 32), 2.0),
+    (1.25, True, 1, 2, 1, 100, 32, (32, 32), 2.0),
+    (1.25, False, 1, 2, 2, 100, 32, (32, 32), 2.0),
+    (1.5, True, 1, 4, 1, 63, 32, (16, 16), 2.0),  # GQA 4
+    (2.0, False, 2, 4, 2, 63, 64, (16, 32), 2.0),  # GQA 2, batch 2
+    (1.5, True, 1, 2, 1, 1, 32, (16, 16), 1.0),  # a single token
+    (2.0, False, 1, 2, 2, 1, 64, (16, 16), 1.0),
+    (1.5, True, 1, 2, 2, 257, 64, (64, 64), 3.0),
+    (1.25, False, 1, 2, 1, 257, 32, (64, 32), 3.0),
+]
+
+
+@pytest.mark.parametrize("alpha,causal,batch,heads,kv_heads,seq_len,head_dim,block,q_scale", REFERENCE_CASES)
+def test_forward_and_gradients_match_reference(gen, alpha, causal, batch, heads, kv_heads, seq_len, head_dim,
+                                               block, q_scale):
+    q, k, v = make_qkv(gen, batch, heads, kv_heads, seq_len, head_dim, q_scale=q_scale)
+    result, expected = kernel_and_reference(q, k, v, alpha=alpha, causal=causal, block=block, grad_seed_gen=gen)
+    assert_matches(result, expected, fwd_tol=1e-5, grad_tol=1e-4)
+
+
+@pytest.mark.parametrize("alpha,causal", [(1.5, True), (2.0, False)])
+def test_gradients_with_skipped_tiles(gen, alpha, causal):
+    q, k, v = local_qkv(gen, 1, 2, 128, 32, sharpness=2.0)
+    result, expected = kernel_and_reference(q, k, v, alpha=alpha, causal=causal, block=(16, 16), grad_seed_gen=gen)
+    assert result[1]["block_sparsity"] > 0.4
+    assert_matches(result, expected, fwd_tol=1e-5, grad_tol=1e-4)
+
+
+@pytest.mark.parametrize("alpha,causal,batch", [(1.5, True, 2), (1.5, False, 1), (2.0, True, 1), (1.25, False, 1)])
+def test_packed_documents(gen, alpha, causal, batch):
+    q, k, v = make_qkv(gen, batch, 2, 1, 100, 32, q_scale=2.0)
+    doc_ids = random_doc_ids(gen, batch, 100)
+    result, expected = kernel_and_reference(q, k, v, alpha=alpha, causal=causal, doc_ids=doc_ids, block=(16, 16),
+                                            grad_seed_gen=gen)
+    assert_matches(result, expected, fwd_tol=1e-5, grad_tol=1e-4)
+    assert result[1]["block_sparsity"] == pytest.approx(expected[1]["block_sparsity"], abs=1e-12)
+
+
+def test_documents_skip_tiles_that_cannot_meet(gen):
+    # Four documents of 32 tokens, tiles of 16: non-causal attention allows only the 2x2 tile
+    # blocks on the diagonal, 16 of the 64 tiles.
+    q, k, v = make_qkv(gen, 1, 1, 1, 128, 32)
+    doc_ids = (torch.arange(128) // 32).unsqueeze(0).to(DEVICE)
+    _, stats = kernels.entmax_attention(q, k, v, causal=False, doc_ids=doc_ids, return_stats=True,
+                                        block_sizes=(16, 16))
+    assert stats["allowed_tiles"] == 16
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+def test_large_logits(gen, alpha):
+    # Scores near +-100 * sqrt(D) / sqrt(D): almost every row keeps one or two keys.
+    q, k, v = make_qkv(gen, 1, 2, 1, 100, 32, q_scale=100.0)
+    result, expected = kernel_and_reference(q, k, v, alpha=alpha, causal=True, block=(32, 32), grad_seed_gen=gen)
+    # Scores of magnitude ~1e3 carry fp32 rounding of ~1e-4 into z - tau.
+    assert_matches(result, expected, fwd_tol=1e-4, grad_tol=1e-3)
+
+
+@pytest.mark.parametrize("causal,with_docs", [(True, False), (False, False), (False, True)])
+def test_block_sparsity_matches_reference(gen, causal, with_docs):
+    q, k, v = local_qkv(gen, 1, 2, 160, 32, sharpness=2.0)
+    doc_ids = random_doc_ids(gen, 1, 160) if with_docs else None
+    with torch.no_grad():
+        out, stats = kernels.entmax_attention(q, k, v, causal=causal, doc_ids=doc_ids, return_stats=True,
+                                              block_sizes=(16, 16))
+        probs = reference.entmax_attention_probs(q.double(), k.double(), causal=causal, doc_ids=doc_ids)
+        allowed = reference.allowed_mask(160, 160, causal=causal, doc_ids=doc_ids, device=probs.device)
+        expected = reference.block_sparsity(probs, allowed, block_m=16, block_n=16)
+    assert 0.05 < expected < 1.0, "inputs should be partly block-sparse for this test to mean something"
+    assert stats["block_sparsity"] == pytest.approx(expected, abs=1e-12)
+    assert (stats["block_m"], stats["block_n"]) == (16, 16)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.75])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
+def test_probabilities_sum_to_one(gen, alpha, dtype, tol):
+    """sum_j p_ij at the kernel's tau, in float64 from the same (rounded) inputs."""
+    q, k, v = (t.detach() for t in make_qkv(gen, 1, 2, 2, 80, 32, q_scale=2.0, dtype=dtype))
+    config = attention_module._LaunchConfig(alpha=alpha, causal=False, scale=32 ** -0.5, n_iter=2, block_m=32,
+                                            block_n=32, num_warps=4, num_stages=1)
+    placeholder = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    out, tau, *_ = attention_module._forward(q, k, v, placeholder, None, None, config)
+    z = config.z_scale * (q.double() @ k.double().transpose(-1, -2))
+    probs = (z - tau.double().view(1, 2, 80, 1)).clamp_min(0) ** config.power
+    assert torch.isfinite(probs).all()
+    assert (probs.sum(-1) - 1).abs().max().item() <= tol
+    if dtype == torch.float32:  # the output path too: with v[..., 0] = 1, out[..., 0] = sum_j p_ij
+        v[..., 0] = 1.0
+        out = kernels.entmax_attention(q, k, v, alpha=alpha, causal=False, block_sizes=(32, 32))
+        assert (out[..., 0].double() - 1).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(gen, dtype):
+    q, k, v = make_qkv(gen, 1, 2, 1, 100, 64, q_scale=2.0, dtype=dtype)
+    result, expected = kernel_and_reference(q, k, v, alpha=1.5, causal=True, block=(32, 32), grad_seed_gen=gen)
+    assert result[0].dtype == dtype and all(g.dtype == dtype for g in result[2])
+    # The kernel rounds p and dS to 16 bits before its matrix products, as FlashAttention does.
+    assert_matches(result, expected, fwd_tol=2e-2, grad_tol=3e-2)
+
+
+def test_matches_entmax_package(gen):
+    entmax_package = pytest.importorskip("entmax")
+    q, k, v = make_qkv(gen, 1, 2, 2, 63, 32, q_scale=2.0)
+    scores = (q.detach().double() @ k.detach().double().transpose(-1, -2)) / 32 ** 0.5
+    scores = scores.masked_fill(torch.ones(63, 63, dtype=torch.bool, device=DEVICE).triu(1), float("-inf"))
+    package_maps = {1.5: entmax_package.entmax15, 2.0: entmax_package.sparsemax,
+                    1.25: lambda x, dim: entmax_package.entmax_bisect(x, alpha=1.25, dim=dim, n_iter=200)}
+    for alpha, package_map in package_maps.items():
+        expected = package_map(scores, dim=-1) @ v.detach().double()
+        with torch.no_grad():
+            out = kernels.entmax_attention(q, k, v, alpha=alpha, causal=True, block_sizes=(16, 16))
+        assert rel_error(out, expected) <= 1e-5, alpha
+
+
+def test_every_output_element_is_written(gen, monkeypatch):
+    """Buffers from torch.empty/empty_like come back full of NaN (floats) or garbage (ints)."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(107)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_empty_like(*a, **kw)))
+    q, k, v = make_qkv(gen, 1, 2, 1, 50, 32, q_scale=2.0)
+    result, expected = kernel_and_reference(q, k, v, alpha=1.5, causal=True, block=(16, 16), grad_seed_gen=gen)
+    assert_matches(result, expected, fwd_tol=1e-5, grad_tol=1e-4)
+
+
+def test_non_contiguous_inputs_give_the_same_result(gen):
+    q, k, v = make_qkv(gen, 1, 2, 2, 40, 32, q_scale=2.0)
+    # (B, N, H, D) storage viewed as (B, H, N, D), as attention modules often produce.
+    q_strided, k_strided, v_strided = (t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    assert not q_strided.is_contiguous()
+    with torch.no_grad():
+        expected = kernels.entmax_attention(q.detach(), k.detach(), v.detach(), block_sizes=(16, 16))
+        out = kernels.entmax_attention(q_strided, k_strided, v_strided, block_sizes=(16, 16))
+    assert torch.equal(out, expected)
+
+
+def test_return_stats_reports_tile_counts(gen):
+    q, k, v = make_qkv(gen, 1, 2, 1, 40, 32)
+    out, stats = kernels.entmax_attention(q, k, v, return_stats=True, block_sizes=(16, 16))
+    assert out.shape == q.shape
+    # 3 query tiles; causal: 1 + 2 + 3 key tiles each, times 2 heads.
+    assert stats["allowed_tiles"] == 12
+    assert 0 < stats["nonzero_tiles"] <= 12
+    assert stats["block_sparsity"] == pytest.approx(1 - stats["nonzero_tiles"] / 12)
+
+
+def _qkv(shape_q=(1, 2, 8, 32), shape_kv=(1, 2, 8, 32), dtype=torch.float32, device=None):
+    device = device or DEVICE
+    return (torch.randn(*shape_q, dtype=dtype, device=device), torch.randn(*shape_kv, dtype=dtype, device=device),
+            torch.randn(*shape_kv, dtype=dtype, device=device))
+
+
+BAD_INPUTS = [
+    (lambda: (*_qkv(shape_q=(2, 8, 32)), {}), ValueError, "q must be 4-D"),
+    (lambda: (*_qkv(shape_kv=(1, 2, 9, 32)), {}), ValueError, "does not match q shape"),
+    (lambda: (*_qkv(shape_q=(1, 3, 8, 32)), {}), ValueError, "multiple of k/v heads"),
+    (lambda: (*_qkv(shape_q=(1, 2, 8, 48), shape_kv=(1, 2, 8, 48)), {}), ValueError, "head_dim"),
+    (lambda: (*_qkv(dtype=torch.float64), {}), TypeError, "float64"),
+    (lambda: (_qkv()[0], _qkv()[1].half(), _qkv()[2], {}), TypeError, "share a dtype"),
+    (lambda: (*_qkv(), {"alpha": 1.0}), ValueError, "alpha must be in (1, 2]"),
+    (lambda: (*_qkv(), {"alpha": 2.5}), ValueError, "alpha must be in (1, 2]"),
+    (lambda: (*_qkv(), {"alpha": "1.5"}), ValueError, "alpha must be a float"),
+    (lambda: (*_qkv(), {"n_iter": -1}), ValueError, "n_iter"),
+    (lambda: (*_qkv(), {"scale": 0.0}), ValueError, "scale"),
+    (lambda: (*_qkv(), {"causal": "yes"}), TypeError, "causal"),
+    (lambda: (*_qkv(), {"doc_ids": torch.zeros(1, 7, dtype=torch.long, device=DEVICE)}), ValueError, "doc_ids"),
+    (lambda: (*_qkv(), {"doc_ids": torch.zeros(1, 8, device=DEVICE)}), TypeError, "doc_ids must hold integers"),
+    (lambda: (*_qkv(), {"doc_ids": torch.tensor([[0, 0, 1, 1, 0, 2, 2, 2]], device=DEVICE)}), ValueError,
+     "non-decreasing"),
+    (lambda: (*_qkv(), {"block_sizes": (24, 16)}), ValueError, "power of two"),
+    (lambda: (_qkv()[0], _qkv(device="meta")[1], _qkv()[2], {}), ValueError, "one device"),
+    (lambda: (*_qkv(device="meta"), {}), RuntimeError, "kernels.reference"),
+]
+
+
+@pytest.mark.parametrize("make,error,message", BAD_INPUTS)
+def test_bad_inputs_raise_clear_errors(make, error, message):
+    *tensors, kwargs = make()
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        kernels.entmax_attention(*tensors, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-without-interpreter error needs a CPU-only machine")
+def test_cpu_without_interpreter_is_a_clear_error():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    code = ("import torch, kernels\n"
+            "q = torch.randn(1, 1, 4, 16)\n"
+            "try:\n    kernels.entmax_attention(q, q, q)\n"
+            "except RuntimeError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert "TRITON_INTERPRET=1" in result.stdout and "kernels.reference" in result.stdout, result.stderr
