@@ -41,8 +41,22 @@ def main(cfg: DictConfig) -> None:
 
     from evals.runner import evaluate
 
+    from hydra.types import RunMode
+
+    from evals import results
+
     results_file = results_file_for_this_job(cfg)
-    rows = evaluate(cfg, output_dir=HydraConfig.get().runtime.output_dir, results_file=results_file)
+    try:
+        rows = evaluate(cfg, output_dir=HydraConfig.get().runtime.output_dir, results_file=results_file)
+    except Exception as error:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # in a sweep, a checkpoint that fails to load must not stop the jobs after it
+        log.error("job failed before any result (%s: %s); recorded in %s", type(error).__name__, error, results_file)
+        row = results.error_row({"run": results.run_label(str(cfg.get("ckpt")), cfg.get("name")),
+                                 "ckpt": str(cfg.get("ckpt"))}, error, task=cfg.get("task"), subtask=None, length=None)
+        results.append_rows(results_file, [row])
+        return
     failed = [row for row in rows if row.get("error")]
     log.info("%d result rows (%d failed) appended to %s", len(rows), len(failed), results_file)
     for row in rows:

@@ -126,7 +126,7 @@ def length_label(length: int, train_length: int | None) -> str:
 
 def ruler_table(rows: list[dict[str, Any]], run: str, train_length: int | None) -> tuple[list[str], list[list[str]]]:
     """Task x length table of one run, with the average over tasks as the last row."""
-    mine = [r for r in rows if r.get("run") == run and r.get("task") == "ruler"]
+    mine = [r for r in rows if r.get("run") == run and r.get("task") == "ruler" and r.get("length") is not None]
     lengths = sorted({int(r["length"]) for r in mine})
     tasks = list(dict.fromkeys(r["subtask"] for r in mine))
     cell = {(r["subtask"], int(r["length"])): r for r in mine}
@@ -138,14 +138,14 @@ def ruler_table(rows: list[dict[str, Any]], run: str, train_length: int | None) 
 
 
 def ruler_average(rows: list[dict[str, Any]], length: int) -> float | None:
-    scores = [r["score"] for r in rows if r.get("task") == "ruler" and int(r["length"]) == length
-              and r.get("score") is not None]
+    scores = [r["score"] for r in rows if r.get("task") == "ruler" and r.get("score") is not None
+              and int(r["length"]) == length]
     return sum(scores) / len(scores) if scores else None
 
 
 def needle_average(rows: list[dict[str, Any]], length: int) -> float | None:
-    scores = [r["score"] for r in rows if r.get("task") == "niah" and int(r["length"]) == length
-              and r.get("score") is not None]
+    scores = [r["score"] for r in rows if r.get("task") == "niah" and r.get("score") is not None
+              and int(r["length"]) == length]
     return sum(scores) / len(scores) if scores else None
 
 

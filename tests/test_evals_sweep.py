@@ -107,6 +107,25 @@ def test_report_arguments_and_html(tmp_path):
     assert "<h1>T</h1>" in page and "<td><b>2</b></td>" in page and '<img alt="x" src="f.png">' in page
 
 
+def test_report_from_hand_made_rows(tmp_path):
+    def row(run, attention, task, length, score, **extra):
+        return {"run": run, "attention": attention, "train_length": 1024, "task": task, "subtask": extra.pop("subtask", "t"),
+                "length": length, "score": score, "error": None, **extra}
+
+    rows = [row("e", "entmax", "ruler", 1024, 80.0), row("e", "entmax", "ruler", 2048, 40.0),
+            row("s", "softmax", "ruler", 1024, 60.0), row("s", "softmax", "ruler", 2048, 50.0),
+            row("e", "entmax", "niah", 2048, 100.0, depth=50.0), row("s", "softmax", "niah", 2048, 0.0, depth=50.0),
+            {"run": "broken", "ckpt": "x", "task": "ruler", "subtask": None, "length": None, "score": None,
+             "error": "FileNotFoundError: no checkpoint"}]
+    results_file = tmp_path / "results.jsonl"
+    results_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = build_report([], [results_file], tmp_path / "r.md").read_text()
+    assert "| RULER avg | 1024 | 80.0 | 60.0 | +20.0 |" in text
+    assert "| RULER avg | 2048† | 40.0 | 50.0 | -10.0 |" in text
+    assert "| needle avg | 2048† | 100.0 | 0.0 | +100.0 |" in text
+    assert "| broken | ruler | None | None | FileNotFoundError: no checkpoint |" in text
+
+
 def test_run_labels():
     assert run_label("runs/entmax_8k/checkpoints/last.ckpt") == "entmax_8k"
     assert run_label("runs/entmax_8k") == "entmax_8k"
