@@ -1,0 +1,182 @@
+"""Row-wise Triton entmax (kernels.entmax) and the shared tau machinery (kernels._tau).
+
+CUDA when present, otherwise Triton's CPU interpreter (see test_kernel_entmax_attention.py for
+why TRITON_INTERPRET must be set before triton is imported).
+"""
+
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib  # noqa: E402
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import _tau, reference  # noqa: E402
+
+attention_module = importlib.import_module("kernels.entmax_attention")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNELS_RUNNABLE = torch.cuda.is_available() or attention_module.is_interpreting()
+NUM_BINS = attention_module.NUM_BINS
+
+
+@pytest.fixture(autouse=True)
+def _kernels_must_be_runnable():
+    if not KERNELS_RUNNABLE:
+        pytest.fail("kernels was imported (by another test module) before TRITON_INTERPRET=1 was set, "
+                    "so its Triton kernels cannot run on this CPU machine: set TRITON_INTERPRET=1 in "
+                    "tests/conftest.py (when CUDA is unavailable) or in the environment")
+
+
+@pytest.fixture
+def gen(request):
+    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def rel_error(actual, expected):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels.entmax
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0, 1.75])
+@pytest.mark.parametrize("shape,dim", [((3, 7, 50), -1), ((200, 6), 0), ((4, 300), 1)])
+def test_entmax_matches_reference(gen, alpha, shape, dim):
+    x = (torch.randn(*shape, generator=gen) * 3).to(DEVICE).requires_grad_()
+    probs = kernels.entmax(x, alpha=alpha, dim=dim)
+    grad_probs = torch.randn(probs.shape, generator=gen).to(DEVICE)
+    (grad_x,) = torch.autograd.grad(probs, x, grad_probs)
+
+    x64 = x.detach().double().requires_grad_()
+    expected = reference.entmax(x64, alpha=alpha, dim=dim)
+    (expected_grad,) = torch.autograd.grad(expected, x64, grad_probs.double())
+    assert rel_error(probs, expected) <= 1e-5
+    assert rel_error(grad_x, expected_grad) <= 1e-4
+    assert (probs.double().sum(dim) - 1).abs().max().item() <= 1e-5
+
+
+def test_entmax_matches_entmax_package(gen):
+    entmax_package = pytest.importorskip("entmax")
+    x = torch.randn(20, 64, generator=gen, dtype=torch.float64) * 2
+    assert rel_error(kernels.entmax(x.float().to(DEVICE), alpha=1.5), entmax_package.entmax15(x, dim=-1)) <= 1e-5
+    assert rel_error(kernels.entmax(x.float().to(DEVICE), alpha=2.0), entmax_package.sparsemax(x, dim=-1)) <= 1e-5
+
+
+def test_entmax_large_logits_and_masked_entries(gen):
+    x = torch.randn(16, 40, generator=gen) * 100
+    x[3, 5:] = float("-inf")
+    x[7] = float("-inf")  # a fully masked row gives zeros, not NaN
+    probs = kernels.entmax(x.to(DEVICE), alpha=1.5)
+    assert torch.isfinite(probs).all()
+    assert probs[7].abs().sum().item() == 0
+    assert (probs[3, 5:] == 0).all()
+    keep = torch.ones(16, dtype=torch.bool)
+    keep[7] = False
+    expected = reference.entmax(x[keep].double(), alpha=1.5)
+    assert rel_error(probs[keep], expected) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_entmax_half_precision(gen, dtype):
+    x = (torch.randn(8, 100, generator=gen) * 3).to(DEVICE, dtype)
+    probs = kernels.entmax(x, alpha=1.5)
+    assert probs.dtype == dtype
+    assert rel_error(probs, reference.entmax(x.double(), alpha=1.5)) <= 1e-2
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"x": torch.randn(3, 4, dtype=torch.float64)}, TypeError, "float64"),
+    ({"x": torch.randn(3, 4), "alpha": 0.5}, ValueError, "alpha"),
+    ({"x": torch.randn(3, 4), "dim": 2}, ValueError, "dim"),
+    ({"x": torch.randn(3, 4), "n_iter": 99}, ValueError, "n_iter"),
+    ({"x": torch.randn(3, 4, device="meta")}, RuntimeError, "kernels.reference"),
+])
+def test_entmax_bad_inputs(kwargs, error, message):
+    if kwargs["x"].device.type == "cpu":
+        kwargs = {**kwargs, "x": kwargs["x"].to(DEVICE)}
+    with pytest.raises(error, match=message):
+        kernels.entmax(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels._tau directly: the histogram bracket holds the exact tau; each step keeps it.
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tau_trace_kernel(Y, Trace, n_cols, power, BLOCK_C: tl.constexpr, NUM_BINS: tl.constexpr,
+                      ALPHA_MODE: tl.constexpr, N_ITER: tl.constexpr):
+    """For 16 rows of y (already shifted so that max = 1), write (lo, hi, t) after the histogram
+    and after every Halley step: Trace[step, 0..2, row]."""
+    rows = tl.program_id(0) * 16 + tl.arange(0, 16)
+    cols = tl.arange(0, BLOCK_C)
+    y = tl.load(Y + rows[:, None] * n_cols + cols[None, :], mask=cols[None, :] < n_cols, other=float("-inf"))
+    lo, hi = _tau.bracket_from_histogram(_tau.histogram_rows(y, NUM_BINS), power, ALPHA_MODE, NUM_BINS)
+    t = 0.5 * (lo + hi)
+    n_rows = tl.num_programs(0) * 16
+    tl.store(Trace + rows, lo)
+    tl.store(Trace + n_rows + rows, hi)
+    tl.store(Trace + 2 * n_rows + rows, t)
+    for step in tl.static_range(N_ITER):
+        u = tl.maximum(y - t[:, None], 0.0)
+        mass, slope, curvature = _tau.power_sums(u, power, ALPHA_MODE)
+        t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+        base = Trace + (step + 1) * 3 * n_rows
+        tl.store(base + rows, lo)
+        tl.store(base + n_rows + rows, hi)
+        tl.store(base + 2 * n_rows + rows, t)
+
+
+def _shifted_rows(gen, n_rows, n_cols, alpha):
+    """Rows of y = (alpha - 1) x - (max - 1) from a mix of distributions, with exact ties."""
+    spreads = torch.tensor([0.3, 1.0, 3.0, 100.0])[torch.arange(n_rows) % 4][:, None]
+    x = torch.randn(n_rows, n_cols, generator=gen, dtype=torch.float64) * spreads
+    x[1::5] = x[1::5].round()  # ties, and rows whose root sits on the bracket edge
+    x[2::7, 1:] = -1e9  # rows whose support is the arg-max alone
+    z = (alpha - 1) * x
+    return (z - (z.max(dim=-1, keepdim=True).values - 1)).float()
+
+
+def _exact_t(y, alpha):
+    """t = tau - (max - 1) in float64 by bisection (the root of sum [y - t]_+^(1/(alpha-1)) = 1)."""
+    y = y.double()
+    lo, hi = torch.zeros(y.shape[0], dtype=torch.float64), torch.ones(y.shape[0], dtype=torch.float64)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        above = ((y - mid[:, None]).clamp_min(0) ** (1 / (alpha - 1))).sum(-1) >= 1
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return lo
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.75])
+def test_tau_bracket_and_refinement(gen, alpha):
+    n_rows, n_cols, n_iter = 64, 100, 3
+    y = _shifted_rows(gen, n_rows, n_cols, alpha)
+    trace = torch.full((n_iter + 1, 3, n_rows), float("nan"), device=DEVICE)
+    _tau_trace_kernel[(n_rows // 16,)](y.to(DEVICE), trace, n_cols, 1 / (alpha - 1), BLOCK_C=128, NUM_BINS=NUM_BINS,
+                                       ALPHA_MODE=_tau.alpha_mode(alpha), N_ITER=n_iter)
+    trace = trace.double().cpu()
+    assert torch.isfinite(trace).all()
+    exact = _exact_t(y, alpha)
+    slack = 1e-6  # fp32 rounding of the bracket ends
+    lo, hi, _ = trace[0]
+    assert (hi - lo <= 1 / NUM_BINS + slack).all(), "the histogram bracket is one bin wide"
+    for step in range(n_iter + 1):
+        lo, hi, t = trace[step]
+        assert (lo <= exact + slack).all() and (exact <= hi + slack).all(), f"bracket lost tau at step {step}"
+        assert ((lo - slack <= t) & (t <= hi + slack)).all()
+    power = 1 / (alpha - 1)
+    mass_after_two = ((y.double() - trace[2, 2][:, None]).clamp_min(0) ** power).sum(-1)
+    assert (mass_after_two - 1).abs().max().item() <= 1e-5, "two Halley steps reach fp32 precision"
