@@ -227,7 +227,10 @@ class GPT(nn.Module):
         # batch size is implied by the first call; the argument documents intent for callers
         return KVCache(self.config.n_layer)
 
-    def forward(self, idx, targets=None, doc_ids=None, cache: KVCache | None = None):
+    def forward(self, idx, targets=None, doc_ids=None, cache: KVCache | None = None, last_only: bool = False):
+        """Logits (B, T, vocab) and the mean next-token loss when `targets` is given. `last_only=True`
+        returns only the last position's logits (B, 1, vocab): a long decode prefill then never holds
+        the full (T, vocab) tensor."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq_len) token ids, got shape {tuple(idx.shape)}")
         if doc_ids is not None and cache is not None:
@@ -235,6 +238,10 @@ class GPT(nn.Module):
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, self.rotary, doc_ids, cache)
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only=True returns one position; it cannot compute a loss over targets")
+            x = x[:, -1:]
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:

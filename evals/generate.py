@@ -97,7 +97,8 @@ def _decode_batch(model, rows: torch.Tensor, max_new_tokens: int, eot_id, tokeni
     if max_new_tokens == 0:
         return outputs
     cache = model.new_kv_cache(batch_size) if use_cache else None
-    logits, _ = model(rows, cache=cache) if use_cache else model(rows)
+    # only the last position's logits: a long prefill never holds a (T, vocab) tensor
+    logits, _ = model(rows, cache=cache, last_only=True) if use_cache else model(rows, last_only=True)
     sequence = rows
     for step in range(max_new_tokens):
         next_tokens = logits[:, -1, :].argmax(dim=-1)
@@ -114,10 +115,10 @@ def _decode_batch(model, rows: torch.Tensor, max_new_tokens: int, eot_id, tokeni
             break
         step_input = next_tokens[:, None]
         if use_cache:
-            logits, _ = model(step_input, cache=cache)
+            logits, _ = model(step_input, cache=cache, last_only=True)
         else:
             sequence = torch.cat([sequence, step_input], dim=1)
-            logits, _ = model(sequence)
+            logits, _ = model(sequence, last_only=True)
     return outputs
 
 

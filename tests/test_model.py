@@ -75,6 +75,9 @@ def test_kv_cache_decode_matches_full_forward(attention):
             pieces.append(model(idx[:, t:t + 1], cache=cache)[0])
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
     assert cache.length() == 30
+    with torch.no_grad():
+        last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, 97) and torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
 
 
 def test_decode_extrapolates_past_training_length():
