@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The comparison study behind docs/results.md: the same small GPT trained with softmax (FlashAttention-2),
+# entmax (alpha = 1.5, our Triton kernels) and, where available, hierarchical attention, on the same
+# data, tokens and seed; then RULER and needle grids at 1x, 2x and 4x the training length; then one report.
+#
+# Usage: scripts/study.sh [STAGE ...]      (default: every stage, in order)
+#   stages: train_<method>, eval_<method>, report     methods: $STUDY_METHODS (softmax entmax hierarchical)
+# Every stage is resumable and fits in 10 minutes on one H100 at the default sizes, so the study can
+# run in pieces: training resumes from its last checkpoint (ckpt_path=auto), an evaluation that has
+# finished leaves a marker and is skipped when run again.
+# Environment: STUDY_STEPS (training steps, default 1000), STUDY_LENGTHS (default [4096,8192,16384]),
+# STUDY_SAMPLES (RULER samples per task and length, default 10), ADASPLASH_RUNS (default runs),
+# STUDY_REPORT (default docs/results.md).
+set -euo pipefail
+
+steps=${STUDY_STEPS:-1000}
+lengths=${STUDY_LENGTHS:-[4096,8192,16384]}
+samples=${STUDY_SAMPLES:-10}
+root=${ADASPLASH_RUNS:-runs}
+methods=${STUDY_METHODS:-softmax entmax hierarchical}
+report=${STUDY_REPORT:-docs/results.md}
+results="$root/study_results.jsonl"
+python=${PYTHON:-python}
+
+have_attention() { [ -f "configs/attention/$1.yaml" ]; }
+
+train() {
+  have_attention "$1" || { echo "skip train_$1: no configs/attention/$1.yaml"; return 0; }
+  "$python" -m adasplash_train experiment=study attention="$1" run_name="study_$1" \
+    trainer.max_steps="$steps" ckpt_path=auto
+}
+
+evaluate() {
+  local run="$root/study_$1" task
+  [ -d "$run/checkpoints" ] || { echo "skip eval_$1: $run has no checkpoints"; return 0; }
+  for task in niah ruler; do
+    local marker="$run/.study_eval_${task}_done"
+    [ -f "$marker" ] && { echo "eval_$1 $task: done before"; continue; }
+    "$python" -m evals ckpt="$run" name="$1" task="$task" lengths="$lengths" \
+      ruler.num_samples="$samples" niah.samples_per_cell=2 batch_size=1 progress=false \
+      results_file="$results" && touch "$marker"
+  done
+}
+
+make_report() {
+  local runs=() m
+  for m in $methods; do [ -d "$root/study_$m" ] && runs+=("$root/study_$m"); done
+  local joined
+  joined=$(IFS=,; echo "${runs[*]}")
+  "$python" -m evals.report runs="[$joined]" results="[$results]" out="$report"
+}
+
+stages=("$@")
+if [ ${#stages[@]} -eq 0 ]; then
+  for m in $methods; do stages+=("train_$m"); done
+  for m in $methods; do stages+=("eval_$m"); done
+  stages+=(report)
+fi
+for stage in "${stages[@]}"; do
+  echo "== $stage"
+  case "$stage" in
+    train_*) train "${stage#train_}" ;;
+    eval_*) evaluate "${stage#eval_}" ;;
+    report) make_report ;;
+    *) echo "unknown stage $stage (train_<method>, eval_<method>, report)" >&2; exit 2 ;;
+  esac
+done
