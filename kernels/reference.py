@@ -102,9 +102,9 @@ def _probs_bisect(zs: torch.Tensor, alpha: float) -> torch.Tensor:
     """General alpha: bisection on tau in [-1, -(1/d)^(alpha-1)] (row max already shifted to 0).
 
     At tau = -1 the arg-max alone gives mass >= 1; at tau = -(1/d)^(alpha-1) each of the d finite
-    entries gives at most 1/d. Bisection runs until the bracket stops shrinking in the working
-    dtype (about 53 halvings in float64, 24 in float32), then the tiny remaining sum error is
-    removed by normalization.
+    entries gives at most 1/d. The bracket is at most 1 wide, so mantissa-bits + 4 halvings (56 in
+    float64, 27 in float32) shrink it below the dtype's resolution; the tiny remaining sum error
+    is removed by normalization.
     """
     power = 1.0 / (alpha - 1.0)
     n_finite = torch.isfinite(zs).sum(dim=-1, keepdim=True).clamp_min(1).to(zs.dtype)
@@ -458,7 +458,8 @@ def entmax_attention(
             stop - start, n_k, causal=causal, doc_ids=doc_ids, q_offset=start, k_len=k_len, device=q.device
         )
         args = (qw[:, :, start:stop], kw[:, :, :k_len], vw[:, :, :k_len], alpha, scale, mask)
-        if needs_grad:
+        if needs_grad and chunk_size < n_q:
+            # several chunks: recompute each in backward rather than keep every chunk's probabilities
             out_chunk, probs = checkpoint(_attend_chunk, *args, use_reentrant=False)
         else:
             out_chunk, probs = _attend_chunk(*args)
