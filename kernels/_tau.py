@@ -9,7 +9,7 @@ The solver is written in the shifted variable y = z - (rowmax - 1), in which the
 t = tau - (rowmax - 1) always lies in [0, 1): the arg-max alone has y = 1 and p = 1 at t = 0.
 Elements with y < 0 can never be in the support, so only y in [0, 1] matters.
 
-1. `histogram_rows` bins y in [0, 1] into NUM_BINS bins per row.
+1. `histogram_rows` bins y in [0, 1] into NUM_BINS bins per row (given y * NUM_BINS).
 2. `bracket_from_histogram` places every element at its bin's lower edge, which can only lower
    the mass, so the root of that approximation is a lower bound of t, and the same root shifted
    up by one bin width is an upper bound: a bracket [lo, hi] of width 1 / NUM_BINS.
@@ -94,27 +94,35 @@ def power_sums(u, power, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def histogram_rows(y, NUM_BINS: tl.constexpr):
-    """Per-row counts (int32, shape [rows, NUM_BINS]) of the entries of y that lie in [0, 1].
+def histogram_rows(y_times_bins, NUM_BINS: tl.constexpr):
+    """Per-row counts (int32, shape [rows, NUM_BINS]) of the entries of y that lie in [0, 1],
+    given y * NUM_BINS (callers fold that factor into the multiply-add that forms y).
 
     Bin b holds y in [b / NUM_BINS, (b + 1) / NUM_BINS); y = 1 (the row maximum) goes to the top
-    bin; y < 0 (and -inf for masked entries) is ignored. Counting is bit-packed: four 8-bit
-    counters per int32 word, so each element costs a shift and NUM_BINS / 4 select-and-adds
-    instead of NUM_BINS compares. A tile row holds at most 255 entries per bin before a counter
-    would overflow, which the callers guarantee by using at most 255 columns per tile.
+    bin; y < 0 (and -inf for masked entries) is ignored. What the bracket needs is that every
+    element lies in [lower edge, lower edge + 1 / NUM_BINS], which also holds for the one case
+    where the rounding below picks the lower bin: y exactly on an edge.
+
+    Counting is bit-packed: four 8-bit counters per int32 word, so each element costs a few
+    integer operations and NUM_BINS / 4 select-and-adds instead of NUM_BINS compares. A tile row
+    holds at most 255 entries per bin before a counter would overflow, which the callers
+    guarantee by using at most 255 columns per tile.
     """
     tl.static_assert(NUM_BINS % 4 == 0, "NUM_BINS must be a multiple of 4")
-    tl.static_assert(y.shape[1] <= 255, "a tile row must have at most 255 columns")
-    in_range = y >= 0
-    # Cast only finite, non-negative values: float -> int of -inf is undefined.
-    bins = tl.minimum((tl.where(in_range, y, 0.0) * NUM_BINS).to(tl.int32), NUM_BINS - 1)
-    word_of_bin = bins // 4
-    one_in_counter = tl.full(bins.shape, 1, tl.int32) << ((bins % 4) * 8)
+    tl.static_assert(y_times_bins.shape[1] <= 255, "a tile row must have at most 255 columns")
+    # floor() without a float-to-int conversion (a slow instruction): adding 1.5 * 2^23 rounds
+    # to an integer held in the low mantissa bits. Clamping first keeps -inf out and sends y = 1
+    # to the top bin; anything below y = 0 becomes a negative bin.
+    x = tl.minimum(tl.maximum(y_times_bins, -1.0), NUM_BINS - 0.5)
+    rounded = (x - 0.5) + 12582912.0
+    bins = rounded.to(tl.int32, bitcast=True) - 0x4B400000
+    word_of_bin = tl.where(bins >= 0, bins >> 2, -1)
+    one_in_counter = tl.full(bins.shape, 1, tl.int32) << ((bins & 3) << 3)
 
     bin_ids = tl.arange(0, NUM_BINS)
-    counts = tl.zeros([y.shape[0], NUM_BINS], dtype=tl.int32)
+    counts = tl.zeros([y_times_bins.shape[0], NUM_BINS], dtype=tl.int32)
     for word in tl.static_range(NUM_BINS // 4):
-        packed = tl.sum(tl.where(in_range & (word_of_bin == word), one_in_counter, 0), axis=1)
+        packed = tl.sum(tl.where(word_of_bin == word, one_in_counter, 0), axis=1)
         unpacked = (packed[:, None] >> ((bin_ids % 4) * 8)[None, :]) & 255
         counts += tl.where((bin_ids // 4 == word)[None, :], unpacked, 0)
     return counts

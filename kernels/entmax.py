@@ -50,7 +50,7 @@ def _entmax_rows_kernel(X, P, n_rows, n_cols, alpha_minus_one, power,
     counts = tl.zeros([BLOCK_R, NUM_BINS], dtype=tl.int32)
     for col_begin in range(0, n_cols, BLOCK_C):
         z = _load_scores(X_rows, row_ok, col_begin + tl.arange(0, BLOCK_C), n_cols, alpha_minus_one)
-        counts += _tau.histogram_rows(z - shift[:, None], NUM_BINS)
+        counts += _tau.histogram_rows((z - shift[:, None]) * NUM_BINS, NUM_BINS)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
 

@@ -84,13 +84,40 @@ def _allowed(query_pos, key_pos, query_doc, key_doc, N, CAUSAL: tl.constexpr, HA
 
 
 @triton.jit
-def _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale,
-                   CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """z = (alpha - 1) * scale * q k^T for a [BLOCK_M, BLOCK_N] tile, -inf where masked."""
-    z = _dot(q, tl.trans(k), None, DOT_PRECISION) * z_scale
-    col_docs = _load_doc_ids(DocIds_b, cols, N, -1, HAS_DOCS)
-    allowed = _allowed(rows[:, None], cols[None, :], row_docs[:, None], col_docs[None, :], N, CAUSAL, HAS_DOCS)
-    return tl.where(allowed, z, float("-inf"))
+def _tile_needs_mask(first_row, first_col, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL: tl.constexpr,
+                     HAS_DOCS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Whether any pair of the tile at (first_row, first_col) is masked for a real query row.
+
+    The mask costs several operations per score, about as much as the matrix product itself at
+    head_dim 64, so it is applied only to tiles on the diagonal, at the end of the sequence, or
+    spanning a document edge. (Padding rows past N need no mask: their threshold is +inf.)
+    """
+    needs_mask = first_col + BLOCK_N > N
+    if CAUSAL:
+        needs_mask = needs_mask | (first_col + BLOCK_N - 1 > first_row)
+    if HAS_DOCS:
+        # Sorted ids: one shared document iff the query tile's first id is the key tile's last
+        # and its last id the key tile's first.
+        doc_k_first = tl.load(DocIds_b + first_col)
+        doc_k_last = tl.load(DocIds_b + tl.minimum(first_col + BLOCK_N, N) - 1)
+        needs_mask = needs_mask | (doc_q_first != doc_k_last) | (doc_q_last != doc_k_first)
+    return needs_mask
+
+
+@triton.jit
+def _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N,
+                CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """q k^T for a [BLOCK_M, BLOCK_N] tile, unscaled, -inf where masked (if the tile needs it).
+
+    Callers fold the (alpha - 1) * scale factor into the one fused multiply-add that also
+    subtracts their per-row shift or threshold.
+    """
+    raw = _dot(q, tl.trans(k), None, DOT_PRECISION)
+    if needs_mask:
+        col_docs = _load_doc_ids(DocIds_b, cols, N, -1, HAS_DOCS)
+        allowed = _allowed(rows[:, None], cols[None, :], row_docs[:, None], col_docs[None, :], N, CAUSAL, HAS_DOCS)
+        raw = tl.where(allowed, raw, float("-inf"))
+    return raw
 
 
 @triton.jit
@@ -111,28 +138,42 @@ def _key_tile_range(qt, N, DocStart_b, DocEnd_b, CAUSAL: tl.constexpr, HAS_DOCS:
     return key_begin // BLOCK_N, tl.cdiv(key_end, BLOCK_N)
 
 
+@triton.jit
+def _query_tile_docs(DocIds_b, first_row, N, HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Document ids of a query tile's first and last real rows (0, 0 without documents)."""
+    if HAS_DOCS:
+        doc_first = tl.load(DocIds_b + first_row)
+        doc_last = tl.load(DocIds_b + tl.minimum(first_row + BLOCK_M, N) - 1)
+    else:
+        doc_first = 0
+        doc_last = 0
+    return doc_first, doc_last
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward passes (each a loop over key tiles of one query tile)
 # ----------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _dense_pass(q, K_head, DocIds_b, row_docs, rows, kt_begin, kt_end, TileMax_row, N, z_scale,
-                CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row,
+                N, z_scale, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Row maxima and every tile's maximum (stored); also counts tiles with an allowed entry."""
-    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    """Row maxima of z and every tile's maximum z (stored); counts tiles with an allowed entry."""
+    raw_row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     n_allowed = 0
     for kt in range(kt_begin, kt_end):
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load_rows(K_head, cols, N, HEAD_DIM)
-        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        tile_row_max = tl.max(z, axis=1)
-        row_max = tl.maximum(row_max, tile_row_max)
+        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
+                                      BLOCK_N)
+        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        tile_row_max = tl.max(raw, axis=1)
+        raw_row_max = tl.maximum(raw_row_max, tile_row_max)
         tile_max = tl.max(tile_row_max, axis=0)
-        tl.store(TileMax_row + kt, tile_max)
+        tl.store(TileMax_row + kt, tile_max * z_scale)
         n_allowed += (tile_max > float("-inf")).to(tl.int32)
-    return row_max, n_allowed
+    return raw_row_max * z_scale, n_allowed
 
 
 @triton.jit
@@ -159,21 +200,25 @@ def _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CH
 
 
 @triton.jit
-def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, shift, TileList_row, n_list, N, z_scale,
-                    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, TileList_row, n_list,
+                    N, z_scale, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     """Histogram of y = z - shift over the listed tiles; keeps (in place) the tiles with y >= 0."""
+    shift_times_bins = shift * NUM_BINS
     counts = tl.zeros([BLOCK_M, NUM_BINS], dtype=tl.int32)
     n_kept = 0
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load_rows(K_head, cols, N, HEAD_DIM)
-        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        y = z - shift[:, None]
-        counts += _tau.histogram_rows(y, NUM_BINS)
-        keep = tl.max(tl.max(y, axis=1), axis=0) >= 0
+        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
+                                      BLOCK_N)
+        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        tile_counts = _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
+        counts += tile_counts
+        # Exact candidates: some row has an entry with y >= 0, i.e. a counted entry.
+        keep = tl.sum(tl.sum(tile_counts, axis=1), axis=0) > 0
         # In-place compaction: slot n_kept <= i was read already, later reads are at > i.
         tl.store(TileList_row + n_kept, kt, mask=keep)
         n_kept += keep.to(tl.int32)
@@ -182,36 +227,32 @@ def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, shift, TileList_row, n_
 
 
 @triton.jit
-def _refine_pass(q, K_head, DocIds_b, row_docs, rows, shift, t, lo, TileList_row, n_list, N, z_scale,
-                 power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold, TileList_row, n_list,
+                 N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
                  DOT_PRECISION: tl.constexpr):
-    """Power sums at the current guess t; keeps (in place) the tiles with some y > lo."""
+    """Per-row power sums of u = [z - threshold]_+ over the listed tiles (for a Halley step)."""
     mass = tl.zeros([BLOCK_M], dtype=tl.float32)
     slope = tl.zeros([BLOCK_M], dtype=tl.float32)
     curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
-    n_kept = 0
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load_rows(K_head, cols, N, HEAD_DIM)
-        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        y = z - shift[:, None]
-        u = tl.maximum(y - t[:, None], 0.0)
+        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
+                                      BLOCK_N)
+        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        u = tl.maximum(raw * z_scale - threshold[:, None], 0.0)
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
         slope += tile_slope
         curvature += tile_curvature
-        keep = tl.max(tl.max(y - lo[:, None], axis=1), axis=0) > 0
-        tl.store(TileList_row + n_kept, kt, mask=keep)
-        n_kept += keep.to(tl.int32)
-    tl.debug_barrier()
-    return mass, slope, curvature, n_kept
+    return mass, slope, curvature
 
 
 @triton.jit
-def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, tau, TileList_row, TileMask_row, n_list,
-                 N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau, TileList_row,
+                 TileMask_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """sum_j p_ij v_j; records (list in place, and the dense tile mask) the non-zero tiles."""
@@ -221,8 +262,10 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, tau, TileList_row,
         kt = tl.load(TileList_row + i)
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load_rows(K_head, cols, N, HEAD_DIM)
-        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        u = tl.maximum(z - tau[:, None], 0.0)
+        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
+                                      BLOCK_N)
+        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        u = tl.maximum(raw * z_scale - tau[:, None], 0.0)
         p = _tau.probability(u, power, ALPHA_MODE)
         v = _load_rows(V_head, cols, N, HEAD_DIM)
         acc = _dot(p.to(v.dtype), v, acc, DOT_PRECISION)
@@ -256,34 +299,39 @@ def _entmax_attention_fwd_kernel(
     TileList_row = TileList + table_row * n_k_tiles
     TileMask_row = TileMask + table_row * n_k_tiles
 
-    rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
+    first_row = qt * BLOCK_M
+    rows = first_row + tl.arange(0, BLOCK_M)
     q = _load_rows(Q_head, rows, N, HEAD_DIM)
     row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
+    doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, qt * BLOCK_M, N, HAS_DOCS, BLOCK_M)
     kt_begin, kt_end = _key_tile_range(qt, N, DocStart + batch.to(tl.int64) * N,
                                        DocEnd + batch.to(tl.int64) * N, CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
 
-    row_max, n_allowed = _dense_pass(q, K_head, DocIds_b, row_docs, rows, kt_begin, kt_end, TileMax_row, N,
-                                     z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, DOT_PRECISION)
+    row_max, n_allowed = _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
+                                     TileMax_row, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                                     DOT_PRECISION)
+    # Padding rows past N were not masked (their scores are 0): drop them here.
+    row_max = tl.where(rows < N, row_max, float("-inf"))
     n_list = _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CHUNK)
 
-    # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Rows with no allowed key
-    # (padding) get shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
+    # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Padding rows get
+    # shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
     shift = tl.where(row_max > float("-inf"), row_max - 1.0, float("inf"))
-    counts, n_list = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, shift, TileList_row, n_list, N,
-                                     z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS,
-                                     DOT_PRECISION)
+    counts, n_list = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
+                                     TileList_row, n_list, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                                     NUM_BINS, DOT_PRECISION)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
     for _ in tl.static_range(N_ITER):
-        mass, slope, curvature, n_list = _refine_pass(
-            q, K_head, DocIds_b, row_docs, rows, shift, t, lo, TileList_row, n_list, N, z_scale, power,
-            CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
+        mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
+                                              TileList_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
+                                              BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
         t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
 
     tau = shift + t
-    acc, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, tau, TileList_row, TileMask_row,
-                                  n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                                  ALPHA_MODE, DOT_PRECISION)
+    acc, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau,
+                                  TileList_row, TileMask_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
+                                  BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
 
     dims = tl.arange(0, HEAD_DIM)
     tl.store(Out + bh.to(tl.int64) * N * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :],
@@ -326,6 +374,7 @@ def _entmax_attention_bwd_dq_kernel(
     q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
     do = _load_rows(DO + head_offset, rows, N, HEAD_DIM)
     row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
+    doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, qt * BLOCK_M, N, HAS_DOCS, BLOCK_M)
     tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
     n_list = tl.load(NonzeroCount + table_row)
 
@@ -336,8 +385,10 @@ def _entmax_attention_bwd_dq_kernel(
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load_rows(K_head, cols, N, HEAD_DIM)
         v = _load_rows(V_head, cols, N, HEAD_DIM)
-        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        g = _tau.gradient_weight(tl.maximum(z - tau[:, None], 0.0), power, ALPHA_MODE)
+        needs_mask = _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL,
+                                      HAS_DOCS, BLOCK_N)
+        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        g = _tau.gradient_weight(tl.maximum(raw * z_scale - tau[:, None], 0.0), power, ALPHA_MODE)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         g_sum += tl.sum(g, axis=1)
         g_dp_sum += tl.sum(g * dp, axis=1)
@@ -349,8 +400,10 @@ def _entmax_attention_bwd_dq_kernel(
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load_rows(K_head, cols, N, HEAD_DIM)
         v = _load_rows(V_head, cols, N, HEAD_DIM)
-        z = _masked_scores(q, k, rows, cols, row_docs, DocIds_b, N, z_scale, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        g = _tau.gradient_weight(tl.maximum(z - tau[:, None], 0.0), power, ALPHA_MODE)
+        needs_mask = _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL,
+                                      HAS_DOCS, BLOCK_N)
+        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        g = _tau.gradient_weight(tl.maximum(raw * z_scale - tau[:, None], 0.0), power, ALPHA_MODE)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = g * (dp - delta[:, None])
         acc = _dot(ds.to(k.dtype), k, acc, DOT_PRECISION)
@@ -398,12 +451,16 @@ def _entmax_attention_bwd_dkdv_kernel(
             do = _load_rows(DO + head_offset, rows, N, HEAD_DIM)
             tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
             delta = tl.load(Delta + bh.to(tl.int64) * N + rows, mask=rows < N, other=0.0)
-            row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
             # Transposed tile: [BLOCK_N keys, BLOCK_M queries].
-            z_t = _dot(k, tl.trans(q), None, DOT_PRECISION) * z_scale
-            allowed = _allowed(rows[None, :], cols[:, None], row_docs[None, :], col_docs[:, None], N,
-                               CAUSAL, HAS_DOCS)
-            u_t = tl.maximum(tl.where(allowed, z_t, float("-inf")) - tau[None, :], 0.0)
+            raw_t = _dot(k, tl.trans(q), None, DOT_PRECISION)
+            doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, qt * BLOCK_M, N, HAS_DOCS, BLOCK_M)
+            if _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
+                                BLOCK_N):
+                row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
+                allowed = _allowed(rows[None, :], cols[:, None], row_docs[None, :], col_docs[:, None], N,
+                                   CAUSAL, HAS_DOCS)
+                raw_t = tl.where(allowed, raw_t, float("-inf"))
+            u_t = tl.maximum(raw_t * z_scale - tau[None, :], 0.0)
             p_t = _tau.probability(u_t, power, ALPHA_MODE)
             g_t = _tau.gradient_weight(u_t, power, ALPHA_MODE)
             dv = _dot(p_t.to(do.dtype), do, dv, DOT_PRECISION)

@@ -123,7 +123,7 @@ def _tau_trace_kernel(Y, Trace, n_cols, power, BLOCK_C: tl.constexpr, NUM_BINS: 
     rows = tl.program_id(0) * 16 + tl.arange(0, 16)
     cols = tl.arange(0, BLOCK_C)
     y = tl.load(Y + rows[:, None] * n_cols + cols[None, :], mask=cols[None, :] < n_cols, other=float("-inf"))
-    lo, hi = _tau.bracket_from_histogram(_tau.histogram_rows(y, NUM_BINS), power, ALPHA_MODE, NUM_BINS)
+    lo, hi = _tau.bracket_from_histogram(_tau.histogram_rows(y * NUM_BINS, NUM_BINS), power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
     n_rows = tl.num_programs(0) * 16
     tl.store(Trace + rows, lo)
@@ -180,3 +180,27 @@ def test_tau_bracket_and_refinement(gen, alpha):
     power = 1 / (alpha - 1)
     mass_after_two = ((y.double() - trace[2, 2][:, None]).clamp_min(0) ** power).sum(-1)
     assert (mass_after_two - 1).abs().max().item() <= 1e-5, "two Halley steps reach fp32 precision"
+
+
+@triton.jit
+def _histogram_kernel(Y, Counts, n_cols, BLOCK_C: tl.constexpr, NUM_BINS: tl.constexpr):
+    rows = tl.arange(0, 16)
+    cols = tl.arange(0, BLOCK_C)
+    y = tl.load(Y + rows[:, None] * n_cols + cols[None, :], mask=cols[None, :] < n_cols, other=float("-inf"))
+    counts = _tau.histogram_rows(y * NUM_BINS, NUM_BINS)
+    bins = tl.arange(0, NUM_BINS)
+    tl.store(Counts + rows[:, None] * NUM_BINS + bins[None, :], counts)
+
+
+def test_histogram_counts_each_entry_in_its_bin(gen):
+    y = torch.rand(16, 200, generator=gen) * 1.5 - 0.5  # a third below 0 (y <= 1 always: y = z - (max - 1))
+    y[0, :3] = torch.tensor([0.0, 1.0, float("-inf")])
+    y[1] = 1.0  # a whole row in the top bin: 200 > 128 would not fit one 8-bit counter per tile
+    y = y[:, :120]  # ... so keep a tile of at most 255 columns, as the kernels do
+    counts = torch.zeros(16, NUM_BINS, dtype=torch.int32, device=DEVICE)
+    _histogram_kernel[(1,)](y.to(DEVICE).contiguous(), counts, 120, BLOCK_C=128, NUM_BINS=NUM_BINS)
+    inside = (y >= 0) & (y <= 1)
+    expected_bins = (y.clamp(0, 1) * NUM_BINS).floor().clamp_max(NUM_BINS - 1).long()
+    expected = torch.zeros(16, NUM_BINS, dtype=torch.int64)
+    expected.scatter_add_(1, expected_bins, inside.long())
+    assert torch.equal(counts.cpu().long(), expected)
