@@ -182,3 +182,71 @@ def entmax_attention(backend: str = "auto", alpha: float = 1.5, n_iter: int = 2)
 
     attend.supports_stats = True
     return attend
+
+
+# ---------------------------------------------------------------- hierarchical (block selection)
+
+def _check_block_backend(backend: str, name: str) -> str:
+    if backend not in ("triton", "torch", "auto"):
+        raise ValueError(f"attention.backend={backend!r} is not a {name} backend; choose triton, torch or auto")
+    return backend
+
+
+def _choose_block_backend(backend: str, name: str, q, k) -> str:
+    """triton | torch for one call; `auto` picks Triton on CUDA. A decode step (one query against the
+    KV cache) always runs the exact reference: it is a single cheap row."""
+    chosen = backend
+    if chosen == "auto":
+        chosen = "triton" if q.is_cuda else "torch"
+        _say_once(f"{name} attention: backend auto -> {chosen} on {q.device.type}")
+    if q.shape[2] != k.shape[2]:
+        chosen = "torch"
+    return chosen
+
+
+def _check_block_size(block_size) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"attention.block_size={block_size!r} must be a positive int (64 is the default; "
+                         f"the triton backend takes 16, 32, 64 or 128)")
+    return block_size
+
+
+@register("hierarchical")
+def hierarchical_entmax_attention(backend: str = "auto", alpha: float = 1.5, block_size: int = 64) -> AttentionFn:
+    """alpha-entmax over mean-pooled key blocks picks a variable number of blocks per query; softmax
+    attends over their tokens with the block weights as a prior (kernels/hierarchical.py)."""
+    alpha = _check_alpha(alpha)
+    block_size = _check_block_size(block_size)
+    backend = _check_block_backend(backend, "hierarchical")
+
+    def attend(q, k, v, *, causal=True, doc_ids=None, return_stats=False):
+        from kernels.hierarchical import hierarchical_attention
+
+        _check_shapes(q, k, v, causal, doc_ids)
+        chosen = _choose_block_backend(backend, "hierarchical", q, k)
+        return hierarchical_attention(q, k, v, alpha=alpha, block_size=block_size, causal=causal, doc_ids=doc_ids,
+                                      return_stats=return_stats, backend=chosen)
+
+    attend.supports_stats = True
+    return attend
+
+
+@register("topk_blocks")
+def topk_blocks_attention(backend: str = "auto", top_k: int = 16, block_size: int = 64) -> AttentionFn:
+    """The fixed-budget baseline of `hierarchical`: the same block summaries, the top_k blocks (plus
+    the query's own block) per query, plain softmax over their tokens."""
+    block_size = _check_block_size(block_size)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"attention.top_k={top_k!r} must be a positive int (distant key blocks per query)")
+    backend = _check_block_backend(backend, "topk_blocks")
+
+    def attend(q, k, v, *, causal=True, doc_ids=None, return_stats=False):
+        from kernels.hierarchical import topk_block_attention
+
+        _check_shapes(q, k, v, causal, doc_ids)
+        chosen = _choose_block_backend(backend, "topk_blocks", q, k)
+        return topk_block_attention(q, k, v, top_k=top_k, block_size=block_size, causal=causal, doc_ids=doc_ids,
+                                    return_stats=return_stats, backend=chosen)
+
+    attend.supports_stats = True
+    return attend
