@@ -22,6 +22,7 @@ the stats come from one separate call.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -37,7 +38,7 @@ if __package__ in (None, ""):
 
 from kernels import reference  # noqa: E402
 
-METHODS = ("sdpa_flash", "sdpa_cudnn", "adasplash", "ours")
+METHODS = ("sdpa_flash", "sdpa_cudnn", "adasplash", "ours", "hierarchical", "topk_blocks")
 DEFAULT_SEQLENS = (4096, 8192, 16384, 32768)
 DEFAULT_HEAD_DIMS = (64, 128)
 DEFAULT_REGIMES = ("trained", "long", "sparse")
@@ -205,6 +206,35 @@ def _ours():
     return attention
 
 
+def _block_selection(name: str, top_k: int = 16):
+    """hierarchical (alpha-entmax picks key blocks) or topk_blocks (top_k blocks per query), blocks of
+    BLOCK keys; `selection_stats(q, k, v)` gives the fraction of key blocks they select."""
+    try:
+        from kernels import hierarchical
+    except ImportError as err:
+        raise MethodUnavailable(f"kernels.hierarchical unavailable ({err})") from err
+    if name == "hierarchical":
+        kernel = functools.partial(hierarchical.hierarchical_attention, alpha=1.5, block_size=BLOCK, causal=True)
+    else:
+        kernel = functools.partial(hierarchical.topk_block_attention, top_k=top_k, block_size=BLOCK, causal=True)
+
+    def attention(q, k, v):
+        return kernel(q, k, v)
+
+    attention.selection_stats = lambda q, k, v: kernel(q, k, v, return_stats=True)[1]
+    return attention
+
+
+def _selection_note(attention, q, k, v) -> str:
+    """'selected X% of key blocks' for the block-selection methods; empty for the others."""
+    if not hasattr(attention, "selection_stats"):
+        return ""
+    with torch.no_grad():
+        stats = attention.selection_stats(q, k, v)
+    return (f"selected {100 * stats['selected_block_fraction']:.1f}% of key blocks "
+            f"({stats['blocks_per_query']:.1f} per query)")
+
+
 def build_method(name: str):
     """The callable attention(q, k, v) -> out of one method; MethodUnavailable if it can't run."""
     if name == "sdpa_flash":
@@ -215,6 +245,8 @@ def build_method(name: str):
         return _adasplash()
     if name == "ours":
         return _ours()
+    if name in ("hierarchical", "topk_blocks"):
+        return _block_selection(name)
     raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
 
 
@@ -327,6 +359,7 @@ def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_
             row.fwd_ms = time_ms(attention, input_sets, backward=False)
             row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True)
             row.peak_mib = peak_mib(attention, input_sets[0], backward=True)
+            row.note = _selection_note(attention, q, k, v)
         except torch.cuda.OutOfMemoryError:
             row.note = "out of memory"
         except Exception as err:  # noqa: BLE001 - one failing method must not end the sweep

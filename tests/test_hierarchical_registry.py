@@ -149,3 +149,22 @@ def test_experiments_differ_from_entmax_8k_only_in_attention(experiment, name):
     base = OmegaConf.to_container(compose("train", ["experiment=entmax_8k"]))
     differing = {key for key in unresolved.keys() | base.keys() if unresolved.get(key) != base.get(key)}
     assert differing == {"attention", "run_name"}
+
+
+@pytest.mark.skipif(not TRITON_RUNNABLE, reason="kernels was imported before TRITON_INTERPRET=1 was set")
+def test_benchmark_methods_report_the_selected_block_fraction():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_attention.py"
+    spec = importlib.util.spec_from_file_location("bench_attention_for_hierarchical", script)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(bench)
+    q, k, v = bench.make_qkv(128, 16, 0.5, seed=0, heads=2)
+    for name in ("hierarchical", "topk_blocks"):
+        attention = bench.build_method(name)
+        assert attention(q, k, v).shape == q.shape
+        assert bench._selection_note(attention, q, k, v).startswith("selected ")
+    assert bench._selection_note(bench.build_method("sdpa_flash"), q, k, v) == ""
