@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,6 +12,10 @@ from adasplash_train.data.tokenizers import build_tokenizer
 from adasplash_train.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
+
+# Lightning's FSDP sharded checkpoint is a folder: torch.distributed.checkpoint shards of the model and
+# optimizer state from every rank, plus this file holding everything else (hyper-parameters, loops)
+SHARDED_METADATA_FILE = "meta.pt"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -31,18 +36,45 @@ def _portable_attention(attention: dict, device: torch.device) -> dict:
     return attention
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / SHARDED_METADATA_FILE).is_file()
+
+
+def _load_sharded_weights(folder: Path, model: GPT) -> None:
+    """Fill `model` in place from a sharded checkpoint folder. torch.distributed.checkpoint reassembles
+    each tensor from the shards of every rank that wrote it, so any world size loads on one process."""
+    import torch.distributed.checkpoint as dcp
+
+    stored = set(dcp.FileSystemReader(folder).read_metadata().state_dict_metadata)
+    # Lightning stores {"model": LightningModule.state_dict()}; keys flatten to "model.model.<name>"
+    tensors = model.state_dict()  # shares memory with the model, so loading into it loads the model
+    wanted = {name: t for name, t in tensors.items() if f"model.model.{name}" in stored}
+    # a tied weight (lm_head = embed) may be stored once; it is loaded when its twin is
+    loaded_memory = {t.untyped_storage().data_ptr() for t in wanted.values()}
+    missing = [name for name, t in tensors.items()
+               if name not in wanted and t.untyped_storage().data_ptr() not in loaded_memory]
+    if missing:
+        raise ValueError(f"sharded checkpoint {folder} lacks model tensors {missing}; "
+                         "was it written by a different model?")
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": {f"model.{name}": t for name, t in wanted.items()}}, checkpoint_id=folder, no_dist=True)
+
+
 def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[GPT, object]:
-    """Rebuild the model and its tokenizer from a training checkpoint (a Lightning .ckpt file, or a
-    run directory, in which case its checkpoints/last.ckpt). The model is in eval mode on `device`
-    (default: CUDA if available, else CPU)."""
+    """Rebuild the model and its tokenizer from a training checkpoint (a Lightning .ckpt file, a
+    sharded checkpoint folder written by trainer=fsdp, or a run directory, in which case its latest
+    checkpoint). The model is in eval mode on `device` (default: CUDA if available, else CPU)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         path = latest_checkpoint(path) or path / "checkpoints" / "last.ckpt"
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (pass a .ckpt file or a run directory)")
+        raise FileNotFoundError(f"no checkpoint at {path} (pass a .ckpt file, a sharded checkpoint folder "
+                                "or a run directory)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    sharded = is_sharded_checkpoint(path)
+    checkpoint = torch.load(path / SHARDED_METADATA_FILE if sharded else path, map_location="cpu", weights_only=False)
     hparams = checkpoint.get("hyper_parameters", {})
     if "model_config" not in hparams:
         raise ValueError(f"{path} is not an adasplash_train checkpoint (no model_config in its hyper-parameters)")
@@ -50,9 +82,12 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
     model_config["attention"] = _portable_attention(model_config.get("attention", {}), device)
     model = GPT(GPTConfig(**model_config))
 
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
+    if sharded:
+        _load_sharded_weights(path, model)
+    else:
+        prefix = "model."
+        state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        model.load_state_dict(state)
     model.to(device).eval()
 
     tokenizer = build_tokenizer(**(hparams.get("tokenizer_spec") or {"name": "byte"}))

@@ -57,7 +57,8 @@ class LanguageModel(L.LightningModule):
         collect = self.hparams.stats_every_n_steps > 0 and self.global_step % self.hparams.stats_every_n_steps == 0
         self.model.set_collect_attention_stats(collect)
         _, loss = self(batch["input_ids"], batch["targets"], batch.get("doc_ids"))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # the mean over ranks (one scalar all-reduce), not rank 0's share of the batch
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         if collect:
             self._log_attention_stats()
@@ -76,16 +77,21 @@ class LanguageModel(L.LightningModule):
             return
         for key in per_layer[0]:
             values = [s[key] for s in per_layer if key in s]
-            self.log(f"attn/{key}", float(np.mean(values)), on_step=True, on_epoch=False)
+            # every rank collects on the same steps, so these all-reduces line up across ranks
+            self.log(f"attn/{key}", float(np.mean(values)), on_step=True, on_epoch=False, sync_dist=True)
             for layer, value in enumerate(values):
-                self.log(f"attn/{key}_layer{layer}", float(value), on_step=True, on_epoch=False)
+                self.log(f"attn/{key}_layer{layer}", float(value), on_step=True, on_epoch=False, sync_dist=True)
 
-    # tokens/s over the whole optimizer step (data wait included), measured between batch starts
+    # tokens/s over the whole optimizer step (data wait and every accumulated micro-batch included),
+    # measured between the starts of consecutive optimizer steps, for all devices together
     def on_train_batch_start(self, batch, batch_idx):
+        accumulate = self.trainer.accumulate_grad_batches
+        if batch_idx % accumulate:
+            return
         now = time.perf_counter()
-        if self._step_started is not None and self.trainer.accumulate_grad_batches == 1:
+        if self._step_started is not None:
             elapsed = now - self._step_started
-            tokens = batch["input_ids"].numel() * self.trainer.world_size
+            tokens = batch["input_ids"].numel() * accumulate * self.trainer.world_size
             self.log("tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False)
             self.log("step_time_ms", 1000 * elapsed, on_step=True, on_epoch=False)
         self._step_started = now
@@ -124,6 +130,7 @@ class LanguageModel(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint):
+        self._restart_micro_batch_count(checkpoint)
         states = checkpoint.get("rng_states")
         if not states:
             return
@@ -134,3 +141,24 @@ class LanguageModel(L.LightningModule):
         torch.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+    def _restart_micro_batch_count(self, checkpoint):
+        """Lightning counts micro-batches and ends an accumulation window when that count is a multiple
+        of accumulate_grad_batches. A checkpoint written mid-window (on an exception), or resumed with
+        another accumulation (another world size under global_batch_tokens), leaves the count off that
+        grid, and the first step after resuming would average fewer micro-batches than the others.
+        The data module derives its position from the optimizer step count, so derive the micro-batch
+        count from it too: the resumed run is a fresh pass over the remaining samples. (This hook runs
+        before Lightning restores its loops from the same dictionary.)"""
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        progress = fit_loop.get("epoch_loop.batch_progress")
+        if progress is None:
+            return
+        steps = int(checkpoint["global_step"])
+        micro_batches = steps * self.trainer.accumulate_grad_batches
+        counters = ("ready", "started", "processed", "completed")
+        progress["total"].update(dict.fromkeys(counters, micro_batches))  # drives val_check_interval
+        progress["current"].update(dict.fromkeys(counters, 0))
+        progress["is_last_batch"] = False
+        # the logger's step: Lightning saves it before incrementing it on a step's last micro-batch
+        fit_loop.setdefault("epoch_loop.state_dict", {})["_batches_that_stepped"] = steps
