@@ -230,6 +230,17 @@ def block_scores(q, k, *, block_size=64, causal=True, doc_ids=None, scale=None):
     inputs), BlockLayout). A block's summary is the mean of the keys the query may see in it.
     """
     scale = _check_inputs(q, k, k, causal, scale, doc_ids, block_size, "block_scores")
+    with _full_precision(q.device):
+        return _block_scores(q, k, block_size, causal, doc_ids, scale)
+
+
+def _full_precision(device):
+    """Autocast off: under mixed precision the matmuls would otherwise round the scores to bf16,
+    and entmax thresholds (and the reference's exactness) depend on them."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _block_scores(q, k, block_size, causal, doc_ids, scale):
     work = _working_dtype(q.dtype)
     qw, kw = q.to(work), k.to(work)
     n_q, n_k = q.shape[2], k.shape[2]
@@ -371,13 +382,14 @@ def block_attention_reference(q, k, v, bias, *, block_size=64, causal=True, doc_
         chunk_size = max(1, min(n_q, _REFERENCE_SCORE_ELEMENTS // max(1, batch * heads * n_k)))
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias))
     outputs = []
-    for start in range(0, n_q, chunk_size):
-        stop = min(n_q, start + chunk_size)
-        mask = reference.allowed_mask(stop - start, n_k, causal=causal, doc_ids=doc_ids, q_offset=start,
-                                      device=q.device)
-        args = (qw[:, :, start:stop], kw, vw, bw[:, :, start:stop], mask, scale, block_size)
-        outputs.append(checkpoint(_reference_chunk, *args, use_reentrant=False) if needs_grad
-                       else _reference_chunk(*args))
+    with _full_precision(q.device):
+        for start in range(0, n_q, chunk_size):
+            stop = min(n_q, start + chunk_size)
+            mask = reference.allowed_mask(stop - start, n_k, causal=causal, doc_ids=doc_ids, q_offset=start,
+                                          device=q.device)
+            args = (qw[:, :, start:stop], kw, vw, bw[:, :, start:stop], mask, scale, block_size)
+            outputs.append(checkpoint(_reference_chunk, *args, use_reentrant=False) if needs_grad
+                           else _reference_chunk(*args))
     return torch.cat(outputs, dim=2).to(q.dtype)
 
 

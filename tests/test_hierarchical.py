@@ -277,6 +277,16 @@ def test_stats_are_fractions_and_count_blocks(gen):
     assert 1.0 <= stats["blocks_per_query"] <= 6.0
 
 
+def test_mixed_precision_does_not_round_the_block_level(gen):
+    """Under autocast the block scores and the reference stay in float32 (entmax thresholds and
+    the exactness of the reference depend on them)."""
+    q, k, v = make_qkv(gen, 1, 2, 1, 40, 16, q_scale=3.0)
+    expected = hierarchical.hierarchical_attention(q, k, v, block_size=8, backend="torch")
+    with torch.autocast(device_type=DEVICE, dtype=torch.bfloat16):
+        out = hierarchical.hierarchical_attention(q, k, v, block_size=8, backend="torch")
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+
+
 def test_bad_arguments_raise_clear_errors(gen):
     q, k, v = make_qkv(gen, 1, 2, 1, 20, 16)
     with pytest.raises(ValueError, match="alpha"):
