@@ -116,6 +116,15 @@ class LanguageModel(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # FSDP shards the gradients, so only its own clip_grad_norm_ sees the norm over all of them
+        # (Lightning's FSDP precision plugin refuses norm clipping); DDP and one device go the usual way
+        clip_sharded_norm = getattr(self.trainer.model, "clip_grad_norm_", None)
+        if gradient_clip_val and clip_sharded_norm is not None and gradient_clip_algorithm in (None, "norm"):
+            clip_sharded_norm(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # --------------------------------------------------------------- exact resume
 
     # RNG states are stored as plain lists and tensors so that Lightning's weights_only loading accepts them
