@@ -93,7 +93,7 @@ def resolve_devices(trainer_cfg: dict) -> dict:
     if trainer_cfg.get("devices") != "auto":
         return trainer_cfg
     env = os.environ
-    if TorchElasticEnvironment.detect():
+    if TorchElasticEnvironment.detect():  # checked first, as Lightning does: torchrun may run inside SLURM
         per_node = int(env["LOCAL_WORLD_SIZE"])
         nodes = int(env["WORLD_SIZE"]) // per_node
     elif SLURMEnvironment.detect() and "SLURM_NTASKS_PER_NODE" in env:

@@ -1,5 +1,5 @@
 """Multi-process training on the CPU (gloo): DDP through torchrun and through Lightning's own launcher
-gives the run one process gives with the same global batch; a crash on one rank ends the job quickly
+trains the same run as one process with the same global batch; a crash on one rank ends the job quickly
 and the run resumes on another world size; SLURM's requeue signal leaves a checkpoint the requeued
 sbatch script resumes from; the SLURM launcher config renders the expected sbatch header; FSDP's
 sharded checkpoints load on one CPU. FSDP training itself needs GPUs (skipped here, see the test)."""
@@ -122,8 +122,8 @@ def test_devices_auto_follows_torchrun_and_srun(monkeypatch):
     assert resolve_devices(auto) == auto
     assert resolve_devices({"devices": 2, "num_nodes": 1}) == {"devices": 2, "num_nodes": 1}
 
-    torchrun_env = {"TORCHELASTIC_RUN_ID": "job", "RANK": "5", "GROUP_RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8",
-                    "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
+    torchrun_env = {"TORCHELASTIC_RUN_ID": "job", "RANK": "5", "GROUP_RANK": "1", "LOCAL_RANK": "1",
+                    "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
     with monkeypatch.context() as env:
         for name, value in torchrun_env.items():
             env.setenv(name, value)
