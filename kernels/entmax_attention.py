@@ -1,15 +1,16 @@
 """Fused alpha-entmax attention in Triton: forward and backward, with zero-tile skipping.
 
-The algorithm is ARCHITECTURE.md section 4; docs/kernels.md explains the design. In short, one
-program per (query tile, head) runs, in one launch:
+The algorithm is ARCHITECTURE.md section 4; docs/kernels.md explains the design and the measured
+speed. In short, one program per (query tile, head) runs, in one launch:
 
 1. a dense pass over every allowed key tile: the row maxima m and each tile's maximum score;
 2. candidate tiles: a tile whose maximum is below min(m) - 1 holds only exact zeros, because
    tau >= m - 1 for every row; the others are compacted into a per-query-tile list;
 3. a histogram pass over the candidates: per-row counts of y = z - (m - 1) in [0, 1], which give
-   a bracket for tau one bin wide (kernels/_tau.py);
-4. n_iter Halley passes over the surviving tiles, each one also dropping the tiles whose scores
-   are all at or below the bracket's lower end (a bound never above the final tau);
+   a bracket for tau one bin wide (kernels/_tau.py), and keep only tiles with some y >= 0;
+4. n_iter Halley passes over the listed tiles; after the histogram and after each step, tiles
+   whose stored maximum is at or below every row's lower bound of tau (never above the final
+   tau) are dropped, at no matrix-product cost;
 5. the output pass over the remaining tiles, which records the tiles that really hold non-zero
    probabilities: the backward visits only those.
 
@@ -200,6 +201,28 @@ def _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CH
 
 
 @triton.jit
+def _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, tau_lower_bound, CHUNK: tl.constexpr):
+    """Drop (in place) the listed tiles whose maximum score is at or below every row's lower bound
+    of tau: all their probabilities are zero. Costs no matrix product: the dense pass stored the
+    tile maxima. Returns the new list length.
+    """
+    threshold = tl.min(tl.where(rows < N, tau_lower_bound, float("inf")), axis=0)
+    n_kept = 0
+    for chunk_begin in range(0, n_list, CHUNK):
+        slots = chunk_begin + tl.arange(0, CHUNK)
+        in_list = slots < n_list
+        kts = tl.load(TileList_row + slots, mask=in_list, other=0)
+        keep = in_list & (tl.load(TileMax_row + kts, mask=in_list, other=float("-inf")) > threshold)
+        flags = keep.to(tl.int32)
+        # Every thread must have read this chunk before any overwrites it.
+        tl.debug_barrier()
+        tl.store(TileList_row + n_kept + tl.cumsum(flags, axis=0) - 1, kts, mask=keep)
+        n_kept += tl.sum(flags, axis=0)
+    tl.debug_barrier()
+    return n_kept
+
+
+@triton.jit
 def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, TileList_row, n_list,
                     N, z_scale, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
@@ -322,11 +345,13 @@ def _entmax_attention_fwd_kernel(
                                      NUM_BINS, DOT_PRECISION)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
+    n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
     for _ in tl.static_range(N_ITER):
         mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
                                               TileList_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
                                               BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
         t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+        n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
 
     tau = shift + t
     acc, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau,
@@ -536,14 +561,16 @@ def require_runnable_device(device: torch.device, caller: str) -> None:
 
 
 def _default_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, int]:
-    """(block_m, block_n, num_warps, num_stages) for a head dim on a device."""
+    """(block_m, block_n, num_warps, num_stages) for a head dim on a device.
+
+    64 x 64 tiles with 4 warps and 3 pipeline stages were the fastest of the shapes tried on an
+    H100 at head_dim 64 (docs/kernels.md); 128-wide tiles coarsen the zero-tile mask.
+    """
     if device.type != "cuda":
         return 32, 32, 4, 1
-    if head_dim <= 64:
-        return 64, 64, 4, 2
     if head_dim <= 128:
-        return 64, 64, 4, 2
-    return 32, 32, 4, 1
+        return 64, 64, 4, 3
+    return 32, 32, 4, 2
 
 
 def _check_block_sizes(block_sizes) -> tuple[int, int]:
@@ -632,7 +659,6 @@ def _is_capturing(device: torch.device) -> bool:
 
 def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     batch, heads, seq_len, head_dim = q.shape
-    group = heads // k.shape[1]
     n_q_tiles = triton.cdiv(seq_len, config.block_m)
     n_k_tiles = triton.cdiv(seq_len, config.block_n)
     table = (batch * heads, n_q_tiles, n_k_tiles)
@@ -647,16 +673,16 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     allowed_count = torch.empty(table[:2], device=device, dtype=torch.int32)
 
     has_docs = doc_start is not None
-    _entmax_attention_fwd_kernel[(n_q_tiles, batch * heads)](
-        q, k, v, out, doc_ids, doc_start if has_docs else doc_ids, doc_end if has_docs else doc_ids,
-        tile_max, tile_list, tile_mask, nonzero_count, allowed_count, tau,
-        config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
-        H=heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        CAUSAL=config.causal, HAS_DOCS=has_docs,
-        ALPHA_MODE=_tau.alpha_mode(config.alpha), NUM_BINS=NUM_BINS, N_ITER=config.n_iter,
-        CHUNK=_COMPACTION_CHUNK, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    if not has_docs:
+        doc_start = doc_end = doc_ids
+    grid = (n_q_tiles, batch * heads)
+    common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m,
+                  BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
+                  DOT_PRECISION=_dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages)
+    _entmax_attention_fwd_kernel[grid](
+        q, k, v, out, doc_ids, doc_start, doc_end, tile_max, tile_list, tile_mask, nonzero_count, allowed_count,
+        tau, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, ALPHA_MODE=_tau.alpha_mode(config.alpha),
+        NUM_BINS=NUM_BINS, N_ITER=config.n_iter, CHUNK=_COMPACTION_CHUNK, **common)
     return out, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
