@@ -39,11 +39,10 @@ def run_overrides(root: Path, cache_dir: Path, run_name: str) -> list[str]:
     at steps 3 and 6 (the same windows on any number of ranks), a periodic checkpoint at step 3."""
     return [
         "experiment=smoke", "debug=cpu_small", f"model.max_seq_len={SEQ_LEN}", f"batch_size={BATCH_SIZE}",
-        f"++global_batch_tokens={GLOBAL_BATCH_TOKENS}", f"trainer.max_steps={MAX_STEPS}",
+        f"global_batch_tokens={GLOBAL_BATCH_TOKENS}", f"trainer.max_steps={MAX_STEPS}",
         "trainer.val_check_interval=3", "trainer.limit_val_batches=null", "data.val_batches=4",
         "checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1", "callbacks.progress_bar=null",
         "++trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "callbacks.on_exception_checkpoint._target_=adasplash_train.train.ExceptionCheckpoint",
         f"paths.root_dir={root}", f"paths.cache_dir={cache_dir}", "data.source_args.max_docs=40",
         "data.val_fraction=0.1", "data.progress=false", f"run_name={run_name}",
     ]

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/benchmarks.md (training throughput, kernel tests) and docs/report_8k.md
+# (the 8k evaluation sweep). Run from the repository root on a CUDA machine; stages as arguments:
+#   setup      offline GPU image: install carried wheels (.whl/), point tiktoken at the carried BPE file
+#   train8k    softmax_8k and entmax_8k (Triton) for $STEPS steps each, bf16, one GPU
+#   track      entmax_8k with the Triton kernels vs the exact reference backend: the first steps' losses
+#   eval8k     RULER + needle sweep over both 8k checkpoints at 4k/8k/16k, then the report
+#   summary    tokens/s and final losses of every run under $ADASPLASH_RUNS as a markdown table
+# Source it (`. scripts/gpu_runs.sh setup`) so the environment set by `setup` stays.
+set -eo pipefail
+
+STEPS=${STEPS:-300}
+export ADASPLASH_RUNS=${ADASPLASH_RUNS:-runs}
+py=${PYTHON:-python}
+
+setup() {
+  if [ -d .whl ]; then
+    "$py" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  [ -d .cache/tiktoken ] && export TIKTOKEN_CACHE_DIR=$PWD/.cache/tiktoken
+  [ -d .cache/haystack/PaulGrahamEssays ] && export ADASPLASH_HAYSTACK_DIR=$PWD/.cache/haystack/PaulGrahamEssays
+  export ADASPLASH_CACHE=${ADASPLASH_CACHE:-/tmp/adasplash_cache}
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$py" -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', lightning.__version__)"
+}
+
+train8k() {
+  for exp in softmax_8k entmax_8k; do
+    "$py" -m adasplash_train experiment=$exp trainer.max_steps=$STEPS trainer.val_check_interval=$STEPS \
+      checkpoint_every_n_steps=$STEPS callbacks.progress_bar=null ckpt_path=auto
+  done
+}
+
+track() {
+  # same seed, data and batch; only the entmax backend differs
+  for backend in triton torch; do
+    "$py" -m adasplash_train experiment=entmax_8k attention.backend=$backend run_name=track_$backend \
+      batch_size=1 trainer.max_steps=8 trainer.log_every_n_steps=1 trainer.val_check_interval=8 \
+      trainer.limit_val_batches=1 stats_every_n_steps=4 callbacks.progress_bar=null ckpt_path=auto
+  done
+}
+
+eval8k() {
+  "$py" -m evals -m ckpt=$ADASPLASH_RUNS/entmax_8k,$ADASPLASH_RUNS/softmax_8k task=ruler,niah \
+    lengths=[4096,8192,16384] ruler.num_samples=${SAMPLES:-3} niah.samples_per_cell=1 \
+    niah.depths=[0,25,50,75,100] batch_size=1 progress=false \
+    results_file=$ADASPLASH_RUNS/eval8k_results.jsonl
+  "$py" -m evals.report runs=[$ADASPLASH_RUNS/entmax_8k,$ADASPLASH_RUNS/softmax_8k] \
+    results=[$ADASPLASH_RUNS/eval8k_results.jsonl] out=$ADASPLASH_RUNS/report_8k.md
+}
+
+summary() {
+  "$py" - "$ADASPLASH_RUNS" <<'PY'
+import csv, glob, statistics, sys
+from pathlib import Path
+print("| run | steps | median tokens/s | median step ms | last train loss | last val loss | attn block sparsity |")
+print("|---|---|---|---|---|---|---|")
+for run in sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "csv").is_dir()):
+    rows = [r for f in sorted(glob.glob(f"{run}/csv/version_*/metrics.csv")) for r in csv.DictReader(open(f))]
+    col = lambda k: [float(r[k]) for r in rows if r.get(k)]
+    tps, ms = col("tokens_per_sec")[1:], col("step_time_ms")[1:]  # first logged step includes warm-up
+    med = lambda xs: f"{statistics.median(xs):.0f}" if xs else "-"
+    last = lambda xs: f"{xs[-1]:.3f}" if xs else "-"
+    steps = max((int(r["step"]) for r in rows if r.get("step")), default=0) + 1
+    print(f"| {run.name} | {steps} | {med(tps)} | {med(ms)} | {last(col('train/loss'))} | "
+          f"{last(col('val/loss'))} | {last(col('attn/block_sparsity'))} |")
+PY
+}
+
+for stage in "$@"; do
+  echo "== $stage $(date +%T)"
+  "$stage"
+done
