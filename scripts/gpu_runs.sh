@@ -70,5 +70,5 @@ PY
 
 for stage in "$@"; do
   echo "== $stage $(date +%T)"
-  "$stage"
+  "$stage" || echo "== stage $stage FAILED"   # later stages still run (and say what they lack)
 done
