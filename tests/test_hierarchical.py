@@ -21,9 +21,17 @@ from kernels.entmax_attention import is_interpreting  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_RUNNABLE = torch.cuda.is_available() or is_interpreting()
-needs_triton = pytest.mark.skipif(
-    not TRITON_RUNNABLE,
-    reason="kernels was imported before TRITON_INTERPRET=1 was set (set it in the environment or conftest.py)")
+
+
+@pytest.fixture
+def triton_runnable():
+    """Fails (never skips) when the kernels cannot run here, so a broken setup is not hidden."""
+    if not TRITON_RUNNABLE:
+        pytest.fail("kernels was imported before TRITON_INTERPRET=1 was set, so its Triton kernels cannot run "
+                    "on this CPU machine: set TRITON_INTERPRET=1 in the environment or tests/conftest.py")
+
+
+needs_triton = pytest.mark.usefixtures("triton_runnable")
 
 
 @pytest.fixture
