@@ -106,10 +106,11 @@ class LanguageModel(L.LightningModule):
             # matrices decay; norms' gains (and any bias) do not; the embedding is tied to the head
             (decay if p.dim() >= 2 else no_decay).append(p)
         hp = self.hparams
-        fused = self.device.type == "cuda"
+        # the default (foreach) implementation: Lightning's mixed-precision plugins refuse gradient
+        # clipping with the fused one, which unscales gradients internally
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas), fused=fused,
+            lr=hp.lr, betas=tuple(hp.betas),
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
