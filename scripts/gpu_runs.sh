@@ -35,7 +35,7 @@ train8k() {
 track() {
   # same seed, data and batch; only the entmax backend differs
   for backend in triton torch; do
-    timeout 200 "$py" -m adasplash_train experiment=entmax_8k attention.backend=$backend run_name=track_$backend \
+    timeout 120 "$py" -m adasplash_train experiment=entmax_8k attention.backend=$backend run_name=track_$backend \
       batch_size=1 trainer.max_steps=6 trainer.log_every_n_steps=1 trainer.val_check_interval=6 \
       trainer.limit_val_batches=1 stats_every_n_steps=4 callbacks.progress_bar=null ckpt_path=auto
   done
