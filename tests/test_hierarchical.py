@@ -8,7 +8,6 @@ gradients, with relative errors ||a - b|| / ||b|| that fail on any NaN. Shapes a
 
 import math
 import os
-import zlib
 
 import pytest
 import torch
@@ -18,6 +17,8 @@ if not torch.cuda.is_available():
 
 from kernels import hierarchical, reference  # noqa: E402
 from kernels.entmax_attention import is_interpreting  # noqa: E402
+
+from helpers import rel_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_RUNNABLE = torch.cuda.is_available() or is_interpreting()
@@ -32,11 +33,6 @@ def triton_runnable():
 
 
 needs_triton = pytest.mark.usefixtures("triton_runnable")
-
-
-@pytest.fixture
-def gen(request):
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 def make_qkv(gen, batch, heads, kv_heads, seq_len, head_dim, *, q_scale=1.0, dtype=torch.float32, n_k=None):
@@ -76,15 +72,6 @@ def random_doc_ids(gen, batch, seq_len):
         starts[seq_len - 1] = 1
         rows.append(torch.cumsum(starts, 0) + 3)
     return torch.stack(rows).to(DEVICE)
-
-
-def rel_error(actual, expected):
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    assert torch.isfinite(actual).all(), "non-finite values in the result"
-    assert torch.isfinite(expected).all(), "non-finite values in the reference"
-    scale = expected.norm().item()
-    difference = (actual - expected).norm().item()
-    return difference / scale if scale > 0 else difference
 
 
 def run_with_grads(fn, q, k, v, grad_seed, **kwargs):

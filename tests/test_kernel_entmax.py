@@ -5,7 +5,6 @@ why TRITON_INTERPRET must be set before triton is imported).
 """
 
 import os
-import zlib
 
 import pytest
 import torch
@@ -21,29 +20,13 @@ import triton.language as tl  # noqa: E402
 import kernels  # noqa: E402
 from kernels import _tau, reference  # noqa: E402
 
+from helpers import rel_error  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("kernels_runnable")
+
 attention_module = importlib.import_module("kernels.entmax_attention")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNELS_RUNNABLE = torch.cuda.is_available() or attention_module.is_interpreting()
 NUM_BINS = attention_module.NUM_BINS
-
-
-@pytest.fixture(autouse=True)
-def _kernels_must_be_runnable():
-    if not KERNELS_RUNNABLE:
-        pytest.fail("kernels was imported (by another test module) before TRITON_INTERPRET=1 was set, "
-                    "so its Triton kernels cannot run on this CPU machine: set TRITON_INTERPRET=1 in "
-                    "tests/conftest.py (when CUDA is unavailable) or in the environment")
-
-
-@pytest.fixture
-def gen(request):
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
-
-
-def rel_error(actual, expected):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ with relative errors ||a - b|| / ||b||; a NaN anywhere fails.
 import os
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -24,23 +23,13 @@ import importlib  # noqa: E402
 import kernels  # noqa: E402
 from kernels import reference  # noqa: E402
 
+from helpers import rel_error  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("kernels_runnable")
+
 attention_module = importlib.import_module("kernels.entmax_attention")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNELS_RUNNABLE = torch.cuda.is_available() or attention_module.is_interpreting()
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _kernels_must_be_runnable():
-    if not KERNELS_RUNNABLE:
-        pytest.fail("kernels was imported (by another test module) before TRITON_INTERPRET=1 was set, "
-                    "so its Triton kernels cannot run on this CPU machine: set TRITON_INTERPRET=1 in "
-                    "tests/conftest.py (when CUDA is unavailable) or in the environment")
-
-
-@pytest.fixture
-def gen(request):
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 def make_qkv(gen, batch, heads, kv_heads, seq_len, head_dim, *, q_scale=1.0, dtype=torch.float32):
@@ -76,14 +65,6 @@ def random_doc_ids(gen, batch, seq_len):
             starts[seq_len - 1] = 1  # a one-token document at the end
         rows.append(torch.cumsum(starts, 0) + 7)
     return torch.stack(rows).to(DEVICE)
-
-
-def rel_error(actual, expected):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
-    denominator = expected.norm().item()
-    difference = (actual - expected).norm().item()
-    return difference / denominator if denominator > 0 else difference
 
 
 def kernel_and_reference(q, k, v, *, alpha, causal, doc_ids=None, block=(32, 32), grad_seed_gen=None):

@@ -10,6 +10,8 @@ import math
 import pytest
 import torch
 
+from helpers import rel_error
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -40,12 +42,6 @@ def rope_qkv(batch, heads, kv_heads, seq_len, head_dim, *, temperature, seed, dt
 
     v = randn(batch, kv_heads, seq_len, head_dim)
     return [t.to(dtype).contiguous() for t in (rotate(q), rotate(k), v)]
-
-
-def rel_error(actual, expected):
-    actual, expected = actual.float(), expected.float()
-    assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 @pytest.mark.parametrize("alpha,causal,kv_heads,head_dim,with_docs", [
