@@ -162,11 +162,24 @@ def build_model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
     return model_cfg
 
 
+def finished_step(ckpt_path: str | None, max_steps: int) -> int | None:
+    """The checkpoint's step when it has already reached max_steps (resuming would train nothing), else None."""
+    if not ckpt_path or not Path(ckpt_path).is_file():  # a sharded FSDP folder: let Lightning decide
+        return None
+    step = int(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get("global_step", 0))
+    return step if max_steps >= 0 and step >= max_steps else None
+
+
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
     """Train as configured and return the final metrics. `extra_callbacks` are added to the
     configured ones (programmatic use: notebooks, tests)."""
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    done = finished_step(ckpt_path, cfg.trainer.max_steps)
+    if done is not None:
+        log_rank_zero(f"{ckpt_path} is already at step {done} >= trainer.max_steps={cfg.trainer.max_steps}: "
+                      "nothing to train (raise trainer.max_steps to continue the run)")
+        return {"global_step": float(done)}
     L.seed_everything(cfg.seed, workers=True)
 
     # the trainer comes first: the global batch depends on the world size Lightning resolves

@@ -75,6 +75,9 @@ def test_resume_continues_the_same_run(tmp_path, cache_dir, crash_at):
     assert resumed["global_step"] == 8
     assert resumed["train/loss"] == pytest.approx(full["train/loss"], rel=1e-4, abs=1e-5)
     assert resumed["val/loss"] == pytest.approx(full["val/loss"], rel=1e-4, abs=1e-5)
+    # resuming a finished run trains nothing and says so
+    _, again = train_small(tmp_path / "b", cache_dir, 8, ["ckpt_path=last"])
+    assert again == {"global_step": 8.0}
     # both launches kept their metrics (a new CSV version per launch)
     csvs = sorted((Path(cfg.paths.run_dir) / "csv").glob("version_*/metrics.csv"))
     assert len(csvs) == 2
