@@ -68,8 +68,13 @@ class LanguageModel(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         _, loss = self(batch["input_ids"], batch["targets"], batch.get("doc_ids"))
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
-        self.log("val/ppl", torch.exp(loss.detach().float()), on_epoch=True, sync_dist=True)
         return loss
+
+    def on_validation_epoch_end(self):
+        # perplexity of the mean loss (not the mean of per-batch perplexities, which depends on batching)
+        mean_loss = self.trainer.callback_metrics.get("val/loss")
+        if mean_loss is not None:
+            self.log("val/ppl", torch.exp(mean_loss.float()))
 
     def _log_attention_stats(self):
         per_layer = [s for s in self.model.attention_stats() if s]

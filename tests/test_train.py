@@ -2,6 +2,7 @@
 loss falls, resume continues the same run, load_model rebuilds the model, bad configs fail clearly."""
 
 import csv
+import math
 from pathlib import Path
 
 import lightning as L
@@ -102,6 +103,7 @@ def test_smoke_loss_falls_and_load_model_rebuilds_it(tmp_path, cache_dir):
     # a byte-level model starts near uniform, ln(vocab) = 5.8; after 40 steps it is well below
     assert train_losses[0] > 5.0
     assert val_losses[-1] < val_losses[0] < train_losses[0] - 1.0
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-5)
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
     model, tokenizer = load_model(run_dir, device="cpu")
