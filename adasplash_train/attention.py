@@ -88,6 +88,17 @@ _SOFTMAX_BACKENDS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _has_varlen_flash() -> bool:
+    """torch >= 2.9 ships FlashAttention's variable-length kernel; older versions take the masked path."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        _say_once("softmax attention: this torch has no varlen_attn; packed documents use a masked SDPA kernel")
+        return False
+    return True
+
+
 def _varlen_flash(q, k, v, doc_ids):
     """Causal attention inside each packed document with FlashAttention-2's variable-length kernel:
     the documents of every row are laid end to end and cut at document starts."""
@@ -133,7 +144,7 @@ def softmax_attention(backend: str = "auto") -> AttentionFn:
         if doc_ids is None:
             with sdpa_kernel(_SOFTMAX_BACKENDS[chosen]):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
-        if chosen == "flash2" and q.is_cuda:
+        if chosen == "flash2" and q.is_cuda and _has_varlen_flash():
             if not causal:
                 raise ValueError("packed documents (doc_ids) with the flash2 backend are causal only")
             return _varlen_flash(q, k, v, doc_ids)
@@ -142,7 +153,7 @@ def softmax_attention(backend: str = "auto") -> AttentionFn:
         backends = _SOFTMAX_BACKENDS[chosen]
         if chosen in ("cudnn", "flash2"):  # cuDNN takes masks only on some versions: allow the fused fallback
             backends = backends + [SDPBackend.EFFICIENT_ATTENTION]
-        if chosen == "flash2":  # CPU flash kernel takes no mask
+        if chosen == "flash2" and not q.is_cuda:  # the CPU flash kernel takes no mask
             backends = [SDPBackend.MATH]
         with sdpa_kernel(backends):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
