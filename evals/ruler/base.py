@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ def sample_rng(seed: int, task: str, length: int, index: int) -> random.Random:
     return random.Random(f"{seed}/{task}/{length}/{index}")
 
 
-class RulerTask:
+class RulerTask(ABC):
     """One RULER task. Subclasses implement ``draw`` (the random content of a sample, fixed before
     sizing) and ``render`` (the prompt for a draw at a haystack size)."""
 
@@ -49,12 +50,13 @@ class RulerTask:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
+    @abstractmethod
     def draw(self, rng: random.Random, length: int, index: int) -> Any:
-        raise NotImplementedError
+        """The random content of one sample (needles, keys, words), fixed before the haystack is sized."""
 
+    @abstractmethod
     def render(self, draw: Any, size: int) -> tuple[str, dict[str, Any]]:
         """Prompt text and a payload with at least ``answers`` (list of str)."""
-        raise NotImplementedError
 
     def prompt_budget(self, draw: Any, length: int) -> int:
         return length - self.tokens_to_generate
