@@ -2,7 +2,8 @@
 #   docker build -t adasplash-train .
 #   docker run --gpus all -v $PWD/runs:/app/runs adasplash-train                      # entmax_8k
 #   docker run --gpus all adasplash-train python -m adasplash_train experiment=softmax_8k
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# the devel image: Triton compiles its kernel launchers with the C compiler the runtime image lacks
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-devel
 
 WORKDIR /app
 COPY . /app

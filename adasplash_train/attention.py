@@ -44,7 +44,11 @@ def build_attention(name: str = "softmax", **options) -> AttentionFn:
     try:
         inspect.signature(_REGISTRY[name]).bind(**options)
     except TypeError as err:
-        raise ValueError(f"attention {name!r} got options {sorted(options)}: {err}") from None
+        raise ValueError(
+            f"attention {name!r} got options {sorted(options)}: {err}. An experiment file sets options for its "
+            "own attention: use the matching experiment (e.g. experiment=softmax_8k rather than "
+            "experiment=entmax_8k attention=softmax), or drop the extra keys with ~attention.<key>"
+        ) from None
     return _REGISTRY[name](**options)
 
 
@@ -150,6 +154,9 @@ def softmax_attention(backend: str = "auto") -> AttentionFn:
             return _varlen_flash(q, k, v, doc_ids)
         # a dense block-diagonal mask: exact, used on CPU and where no fused masked kernel exists
         mask = allowed_mask(q.shape[2], k.shape[2], causal, doc_ids, q.device)
+        if gqa and q.is_cuda:  # the memory-efficient kernel takes masks but not grouped-query heads
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+            gqa = False
         backends = _SOFTMAX_BACKENDS[chosen]
         if chosen in ("cudnn", "flash2"):  # cuDNN takes masks only on some versions: allow the fused fallback
             backends = backends + [SDPBackend.EFFICIENT_ATTENTION]

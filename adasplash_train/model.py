@@ -72,18 +72,23 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for rotary position embeddings, grown on demand past the training length."""
+    """cos/sin tables for rotary position embeddings, grown on demand past the training length.
+
+    Frequencies and tables live outside the module's buffers and are always float32: a model cast
+    to bf16 would otherwise round the inverse frequencies to 8 bits, which shifts the angles by
+    radians at long context (positions in the thousands)."""
 
     def __init__(self, head_dim: int, theta: float, initial_len: int):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
         self._cos = self._sin = None
-        self._build(initial_len, inv_freq.device)
+        self._build(initial_len, torch.device("cpu"))
 
     def _build(self, length: int, device):
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        inv_freq = 1.0 / (self.theta ** exponents)
         t = torch.arange(length, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.to(device))
+        freqs = torch.outer(t, inv_freq)
         self._cos, self._sin = freqs.cos(), freqs.sin()
 
     def forward(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:

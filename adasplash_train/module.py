@@ -165,6 +165,8 @@ class LanguageModel(L.LightningModule):
         The data module derives its position from the optimizer step count, so derive the micro-batch
         count from it too: the resumed run is a fresh pass over the remaining samples. (This hook runs
         before Lightning restores its loops from the same dictionary.)"""
+        if self._trainer is None:  # LanguageModel.load_from_checkpoint: no loops to restore
+            return
         fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
         progress = fit_loop.get("epoch_loop.batch_progress")
         if progress is None:

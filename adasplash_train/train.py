@@ -40,9 +40,22 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
     that barrier until the collective timeout instead of exiting (which is what lets torchrun or
     Lightning's launcher stop the job). Here, with several processes, rank 0 writes the checkpoint
     on its own (DDP: it holds the whole model) and no rank waits; a sharded FSDP checkpoint needs
-    every rank, so there the newest periodic checkpoint is the resume point."""
+    every rank, so there the newest periodic checkpoint is the resume point.
+
+    Nothing is written for an exception raised before training started (data preparation, setup,
+    checkpoint restore): the weights then are fresh ones, and a step-0 `interrupted.ckpt` newer than
+    `last.ckpt` would make the next resume silently start over."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._training_started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training_started = True
 
     def on_exception(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if not self._training_started:
+            return
         if trainer.world_size == 1:
             return super().on_exception(trainer, *args, **kwargs)
         if isinstance(trainer.strategy, FSDPStrategy):
@@ -106,8 +119,7 @@ def resolve_devices(trainer_cfg: dict) -> dict:
 
 def fsdp_bf16_mixed_precision():
     """bf16 compute with gradients averaged across ranks in fp32 and buffers kept in fp32. Lightning's
-    own bf16 policy for FSDP casts both to bf16: the reduction loses precision and RoPE's inverse
-    frequencies (a buffer) would be rounded to 8 bits, which shifts angles by radians at long context."""
+    own bf16 policy for FSDP casts both to bf16, and the gradient reduction would lose precision."""
     from torch.distributed.fsdp import MixedPrecision
 
     return MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32)

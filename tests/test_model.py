@@ -145,3 +145,14 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="n_kv_head"):
         GPTConfig(n_head=6, n_kv_head=4, d_model=48)
     assert {"softmax", "entmax"} <= set(available())
+
+
+def test_rope_tables_stay_float32_when_the_model_is_cast_to_bf16():
+    model = tiny({"name": "softmax", "backend": "math"}, d_model=64, n_head=2, n_kv_head=1)
+    reference_cos, _ = model.rotary(0, 8192, torch.device("cpu"))
+    reference_cos = reference_cos.clone()
+    model.to(torch.bfloat16)
+    model.rotary._cos = None  # force a rebuild, as a device move or a longer context does
+    model.rotary._build(16, torch.device("cpu"))
+    cos, _ = model.rotary(0, 8192, torch.device("cpu"))
+    assert cos.dtype == torch.float32 and torch.equal(cos, reference_cos)

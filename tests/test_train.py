@@ -11,8 +11,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from adasplash_train.checkpoint import load_model
+from adasplash_train.checkpoint import latest_checkpoint, load_model
 from adasplash_train.config import CONFIG_DIR, compose
+from adasplash_train.module import LanguageModel
 from adasplash_train.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -31,6 +32,13 @@ def cache_dir(tmp_path_factory):
 def run(overrides, extra_callbacks=None):
     cfg = compose("train", overrides)
     return cfg, train(cfg, extra_callbacks)
+
+
+class CrashInSetup(L.Callback):
+    """Simulates a failure before training starts (data preparation, a requeue during setup)."""
+
+    def setup(self, trainer, pl_module, stage):
+        raise RuntimeError("simulated setup failure")
 
 
 class CrashAtStep(L.Callback):
@@ -72,6 +80,12 @@ def test_resume_continues_the_same_run(tmp_path, cache_dir, crash_at):
     _, full = train_small(tmp_path / "a", cache_dir, 8)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_small(tmp_path / "b", cache_dir, 8, extra_callbacks=[CrashAtStep(crash_at)])
+    # a failure before training starts (here: while resuming) leaves no step-0 checkpoint behind
+    # that the next resume would take for the newest
+    with pytest.raises(RuntimeError, match="simulated setup failure"):
+        train_small(tmp_path / "b", cache_dir, 8, ["ckpt_path=last"], extra_callbacks=[CrashInSetup()])
+    newest = latest_checkpoint(tmp_path / "b" / "smoke")
+    assert torch.load(newest, map_location="cpu", weights_only=False)["global_step"] == crash_at
     cfg, resumed = train_small(tmp_path / "b", cache_dir, 8, ["ckpt_path=last"])
     assert resumed["global_step"] == 8
     assert resumed["train/loss"] == pytest.approx(full["train/loss"], rel=1e-4, abs=1e-5)
@@ -105,6 +119,10 @@ def test_smoke_loss_falls_and_load_model_rebuilds_it(tmp_path, cache_dir):
     assert val_losses[-1] < val_losses[0] < train_losses[0] - 1.0
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-5)
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+    # Lightning's own loader works too (no trainer attached while the checkpoint hooks run)
+    restored = LanguageModel.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert restored.model.config.max_seq_len == 64
 
     model, tokenizer = load_model(run_dir, device="cpu")
     assert not model.training and model.config.attention["name"] == "entmax"
