@@ -48,6 +48,17 @@ make_report() {
   local joined
   joined=$(IFS=,; echo "${runs[*]}")
   "$python" -m evals.report runs="[$joined]" results="[$results]" out="$report"
+  {
+    echo
+    echo "## How this was produced"
+    echo
+    echo "- card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo 'no GPU')"
+    echo "- versions: $("$python" -c 'import torch, triton, lightning; print(f"torch {torch.__version__}, triton {triton.__version__}, lightning {lightning.__version__}")')"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_METHODS=\"$methods\" scripts/study.sh\`"
+    echo "- training: \`python -m adasplash_train experiment=study attention=<method> run_name=study_<method> trainer.max_steps=$steps ckpt_path=auto\`"
+    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=2 batch_size=1\`"
+  } >> "$report"
 }
 
 stages=("$@")
