@@ -90,5 +90,16 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
         model.load_state_dict(state)
     model.to(device).eval()
 
-    tokenizer = build_tokenizer(**(hparams.get("tokenizer_spec") or {"name": "byte"}))
-    return model, tokenizer
+    return model, _rebuild_tokenizer(hparams.get("tokenizer_spec") or {"name": "byte"})
+
+
+def _rebuild_tokenizer(spec: dict):
+    """The training run's tokenizer. A vocabulary file path recorded on the training machine may not
+    exist here: then the usual offline search (TIKTOKEN_CACHE_DIR, openai-whisper) finds the file,
+    and its sha256 check still guarantees it is the same vocabulary."""
+    spec = dict(spec)
+    if spec.get("path") and not Path(spec["path"]).exists():
+        log.warning("tokenizer file %s recorded in the checkpoint is not on this machine; searching the usual places",
+                    spec["path"])
+        spec.pop("path")
+    return build_tokenizer(**spec)

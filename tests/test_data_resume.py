@@ -99,3 +99,23 @@ def test_two_process_ddp_splits_global_samples_by_rank(tmp_path):
         seen = torch.load(tmp_path / f"rank{rank}.pt")
         expected = torch.stack([dataset[i * 2 + rank]["input_ids"] for i in range(2 * BATCH_SIZE)])
         assert torch.equal(seen, expected)
+
+
+class _FakeTrainer:
+    def __init__(self, global_step, world_size, accumulate_grad_batches=1):
+        self.global_step, self.world_size, self.accumulate_grad_batches = global_step, world_size, accumulate_grad_batches
+
+
+def test_consumed_samples_follow_a_global_batch_change_across_resumes():
+    from adasplash_train.data import TokenDataModule
+
+    first = TokenDataModule(source="stdlib", tokenizer="byte", seq_len=32, batch_size=4, num_train_samples=4096)
+    first.trainer = _FakeTrainer(global_step=100, world_size=2)          # 100 steps x 8 samples
+    state = first.state_dict()
+    assert state["train_samples_consumed"] == 800
+
+    resumed = TokenDataModule(source="stdlib", tokenizer="byte", seq_len=32, batch_size=4, num_train_samples=4096)
+    resumed.load_state_dict(state)
+    assert resumed.start_sample == 800
+    resumed.trainer = _FakeTrainer(global_step=150, world_size=1)        # 50 more steps x 4 samples
+    assert resumed.state_dict()["train_samples_consumed"] == 1000

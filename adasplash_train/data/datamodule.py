@@ -84,6 +84,8 @@ class TokenDataModule(L.LightningDataModule):
         self._synthetic: SyntheticTasks | None = None
         # Global train samples already consumed by earlier runs (set when resuming).
         self.start_sample = 0
+        # (samples consumed, optimizer step) at the checkpoint this run resumed from: counting restarts there
+        self._resume_base = (0, 0)
 
     # ------------------------------------------------------------------ building blocks
 
@@ -200,11 +202,16 @@ class TokenDataModule(L.LightningDataModule):
         if trainer is None:
             return self.start_sample
         accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
-        return int(trainer.global_step) * self.batch_size * accumulate * int(trainer.world_size)
+        samples_per_step = self.batch_size * accumulate * int(trainer.world_size)
+        # steps before the resume were taken at the earlier run's global batch, which may differ
+        base_samples, base_step = self._resume_base
+        return base_samples + (int(trainer.global_step) - base_step) * samples_per_step
 
     def state_dict(self) -> dict:
+        trainer = self._trainer_or_none()
         return {
             "train_samples_consumed": self.samples_consumed(),
+            "global_step": int(trainer.global_step) if trainer is not None else None,
             "seed": self.seed,
             "num_train_samples": self.num_train_samples,
             "seq_len": self.seq_len,
@@ -221,3 +228,5 @@ class TokenDataModule(L.LightningDataModule):
                 warnings.warn(f"resuming with data.{key}={current!r}, but the checkpoint was trained with "
                               f"{state_dict[key]!r}; the data order differs from the original run.", stacklevel=2)
         self.start_sample = int(state_dict["train_samples_consumed"])
+        if state_dict.get("global_step") is not None:
+            self._resume_base = (self.start_sample, int(state_dict["global_step"]))

@@ -13,6 +13,7 @@ tokenizer through :func:`build_tokenizer`; checkpoints store it.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import importlib.util
@@ -185,10 +186,22 @@ def _sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def _read_bpe_ranks(bpe_path: str) -> dict[bytes, int]:
+    """The `.tiktoken` format: one "<base64 token> <rank>" pair per line. Read here rather than with
+    tiktoken.load.load_tiktoken_bpe, which copies local files into tiktoken's cache directory (fails
+    when it is read-only) and, in some releases, needs the optional blobfile package for any path."""
+    ranks = {}
+    with open(bpe_path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
 @functools.lru_cache(maxsize=4)
 def _load_r50k_encoding(bpe_path: str):
     import tiktoken
-    import tiktoken.load
 
     actual = _sha256_of(bpe_path)
     if actual != R50K_SHA256:
@@ -196,11 +209,7 @@ def _load_r50k_encoding(bpe_path: str):
             f"{bpe_path} is not the GPT-2 r50k_base vocabulary (sha256 {actual}, expected {R50K_SHA256}). "
             "Use whisper/assets/gpt2.tiktoken from openai-whisper or the original r50k_base.tiktoken."
         )
-    # load_tiktoken_bpe would also copy a local file into tiktoken's cache directory, which fails
-    # when that directory is read-only; an empty TIKTOKEN_CACHE_DIR turns the copy off. The hash
-    # was verified above because that mode skips tiktoken's own check.
-    with _tiktoken_cache_disabled():
-        ranks = tiktoken.load.load_tiktoken_bpe(bpe_path)
+    ranks = _read_bpe_ranks(bpe_path)
     return tiktoken.Encoding(
         name="r50k_base",
         pat_str=R50K_PATTERN,
@@ -208,15 +217,3 @@ def _load_r50k_encoding(bpe_path: str):
         special_tokens={ENDOFTEXT: GPT2_EOT_ID},
         explicit_n_vocab=GPT2_VOCAB_SIZE,
     )
-
-
-class _tiktoken_cache_disabled:
-    def __enter__(self):
-        self._previous = os.environ.get("TIKTOKEN_CACHE_DIR")
-        os.environ["TIKTOKEN_CACHE_DIR"] = ""
-
-    def __exit__(self, *exc_info):
-        if self._previous is None:
-            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = self._previous
