@@ -32,10 +32,22 @@ def load_training_log(run_dir: str | Path):
     """Every metrics.csv under a run folder, concatenated (a resumed run logs a new version)."""
     import pandas as pd
 
-    files = sorted(Path(run_dir).rglob("metrics.csv"))
+    def launch_number(file: Path) -> tuple[int, str]:  # csv/version_10 comes after version_2
+        match = re.search(r"version_(\d+)", str(file))
+        return (int(match.group(1)) if match else -1, str(file))
+
+    files = sorted(Path(run_dir).rglob("metrics.csv"), key=launch_number)
     if not files:
         return None
-    frames = [pd.read_csv(file) for file in files]
+    frames = []
+    for file in files:
+        frame = pd.read_csv(file)
+        if "step" in frame.columns and len(frame):
+            # a resumed launch restarts at its checkpoint's step: the earlier launch's rows from that
+            # step on were lost progress, superseded by the new ones
+            first_step = frame["step"].min()
+            frames = [f[f["step"] < first_step] if "step" in f.columns else f for f in frames]
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
@@ -138,9 +150,14 @@ def ruler_table(rows: list[dict[str, Any]], run: str, train_length: int | None) 
 
 
 def ruler_average(rows: list[dict[str, Any]], length: int) -> float | None:
-    scores = [r["score"] for r in rows if r.get("task") == "ruler" and r.get("score") is not None
-              and int(r["length"]) == length]
-    return sum(scores) / len(scores) if scores else None
+    """Mean over every RULER task these rows ran (at any length); None when a task has no score at
+    this length (failed or not run), so averages at different lengths cover the same tasks."""
+    ruler = [r for r in rows if r.get("task") == "ruler"]
+    tasks = {r["subtask"] for r in ruler}
+    scores = {r["subtask"]: r["score"] for r in ruler if int(r["length"]) == length and r.get("score") is not None}
+    if not tasks or set(scores) != tasks:
+        return None
+    return sum(scores.values()) / len(scores)
 
 
 def needle_average(rows: list[dict[str, Any]], length: int) -> float | None:

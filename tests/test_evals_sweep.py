@@ -131,3 +131,27 @@ def test_run_labels():
     assert run_label("runs/entmax_8k") == "entmax_8k"
     assert run_label("model.ckpt") == "model"
     assert run_label("runs/x", name="mine") == "mine"
+
+
+def test_ruler_average_needs_every_task_at_that_length():
+    from evals.report import ruler_average
+
+    rows = [{"task": "ruler", "subtask": t, "length": n, "score": s}
+            for t, n, s in [("vt", 4096, 50.0), ("cwe", 4096, 10.0), ("vt", 8192, 40.0), ("cwe", 8192, None)]]
+    assert ruler_average(rows, 4096) == 30.0
+    assert ruler_average(rows, 8192) is None  # cwe failed at 8k: no average over a different task set
+
+
+def test_training_log_orders_launches_numerically_and_drops_superseded_steps(tmp_path):
+    from evals.report import load_training_log
+
+    def write(version, steps):
+        folder = tmp_path / "csv" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text("step,train/loss\n" + "".join(f"{s},{version}.0\n" for s in steps))
+
+    write(2, range(0, 10))    # an earlier launch that crashed after step 9
+    write(10, range(5, 13))   # a later launch (version_10 sorts before version_2 as text) resumed at step 5
+    frame = load_training_log(tmp_path)
+    assert list(frame["step"]) == list(range(13))
+    assert list(frame["train/loss"]) == [2.0] * 5 + [10.0] * 8
