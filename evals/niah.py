@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from evals.generate import greedy_generate, training_length
+from evals.generate import greedy_generate, prompt_tokens, training_length
 from evals.ruler.niah import NiahTask
 from evals.ruler.scoring import postprocess_prediction, score_sample
 
@@ -54,7 +54,7 @@ def run_needle_length(model, tokenizer, length: int, *, depths: Sequence[float] 
             sample = task.sample(index, length, seed)
             samples.append(sample)
             cells.append(float(depth))
-    outputs = greedy_generate(model, [tokenizer.encode(s.prompt) for s in samples], tokens_to_generate,
+    outputs = greedy_generate(model, [prompt_tokens(tokenizer, s.prompt) for s in samples], tokens_to_generate,
                               eot_id=getattr(tokenizer, "eot_id", None), batch_size=batch_size,
                               progress=progress, description=f"needle@{length}")
     predictions = [postprocess_prediction(tokenizer.decode(tokens)) for tokens in outputs]

@@ -210,3 +210,10 @@ def test_qa_without_files_is_skipped_with_a_message(tokenizer):
     assert qa_skip_reason("niah_single_1", None) is None
     with pytest.raises(ValueError, match="skipped"):
         build_task("qa_2", tokenizer)
+
+
+def test_sentences_keep_their_closing_quotes_and_brackets():
+    from evals.ruler.haystack import split_sentences
+
+    assert split_sentences('He said "hi." Then (he left.) Ok') == ['He said "hi."', "Then (he left.)", "Ok"]
+    assert split_sentences("One. Two!  Three? Four") == ["One.", "Two!", "Three?", "Four"]

@@ -28,7 +28,8 @@ FALLBACK_SOURCE = "pydoc_data.topics"
 
 # A sentence ends at ., ! or ? (optionally followed by closing quotes/brackets) before whitespace.
 # RULER uses nltk's punkt for this; punkt needs a download, this rule needs nothing.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+# a sentence ends at . ! or ?, with any closing quotes or brackets kept on it, before whitespace
+_SENTENCE_END = re.compile(r"(?<=[.!?])((?:[\"')\]])*)\s+")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,10 @@ def repeated_prefix(text: str, num_chars: int, separator: str = " ") -> str:
 
 
 def split_sentences(text: str) -> list[str]:
-    return [sentence for sentence in _SENTENCE_END.split(text) if sentence]
+    # split() returns text, closers, text, closers, ...: glue each closer group back onto its sentence
+    parts = _SENTENCE_END.split(text)
+    sentences = [body + closers for body, closers in zip(parts[0::2], parts[1::2] + [""])]
+    return [sentence for sentence in sentences if sentence]
 
 
 def insertion_index(units: list[str], depth_percent: float, weights: list[int] | None = None) -> int:

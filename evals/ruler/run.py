@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evals.generate import greedy_generate, training_length
+from evals.generate import greedy_generate, prompt_tokens, training_length
 from evals.ruler import build_task
 from evals.ruler.scoring import postprocess_prediction, score_sample
 
@@ -26,7 +26,7 @@ def run_ruler_task(model, tokenizer, task_name: str, length: int, *, num_samples
     task = build_task(task_name, tokenizer, haystack_dir=haystack_dir, qa_files=qa_files,
                       tokens_to_generate=tokens_to_generate)
     samples = task.samples(length, num_samples, seed)
-    outputs = greedy_generate(model, [tokenizer.encode(s.prompt) for s in samples], task.tokens_to_generate,
+    outputs = greedy_generate(model, [prompt_tokens(tokenizer, s.prompt) for s in samples], task.tokens_to_generate,
                               eot_id=getattr(tokenizer, "eot_id", None), batch_size=batch_size,
                               progress=progress, description=f"{task_name}@{length}")
     predictions = [postprocess_prediction(tokenizer.decode(tokens)) for tokens in outputs]
