@@ -178,7 +178,7 @@ def _check_alpha(alpha: float) -> float:
 
 
 @register("entmax")
-def entmax_attention(backend: str = "auto", alpha: float = 1.5, n_iter: int = 2) -> AttentionFn:
+def entmax_attention(backend: str = "auto", alpha: float = 1.5, n_iter: int | None = None) -> AttentionFn:
     alpha = _check_alpha(alpha)
     if backend not in ("triton", "torch", "auto"):
         raise ValueError(f"attention.backend={backend!r} is not an entmax backend; choose triton, torch or auto")

@@ -592,10 +592,21 @@ def _check_alpha(alpha, caller: str) -> float:
     return float(alpha)
 
 
-def _check_n_iter(n_iter, caller: str) -> int:
+def default_n_iter(alpha: float) -> int:
+    """Refinement passes that keep |sum(p) - 1| at fp32 rounding even for near-uniform rows (hundreds
+    of almost tied scores, as an untrained model produces at long context), where every score lands
+    in the top histogram bin and the bracket is much wider than the gap to tau: Halley's steps for
+    alpha = 1.5 needed 3 in the tests, Newton's for sparsemax up to 5 (512 near-tied keys), so the
+    other alphas take 6 (their speed was not the benchmarked path)."""
+    return 3 if alpha == 1.5 else 6
+
+
+def _check_n_iter(n_iter, alpha: float, caller: str) -> int:
+    if n_iter is None:
+        return default_n_iter(alpha)
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or not 0 <= n_iter <= MAX_N_ITER:
-        raise ValueError(f"{caller}: n_iter must be an int in [0, {MAX_N_ITER}] (2 reaches fp32 "
-                         f"precision), got {n_iter!r}")
+        raise ValueError(f"{caller}: n_iter must be None (alpha's default: {default_n_iter(alpha)}) or an int in "
+                         f"[0, {MAX_N_ITER}], got {n_iter!r}")
     return n_iter
 
 
@@ -642,13 +653,20 @@ def _check_doc_ids(doc_ids, batch: int, seq_len: int, device: torch.device) -> t
                          f"got {tuple(doc_ids.shape)}")
     if doc_ids.device != device:
         raise ValueError(f"entmax_attention: doc_ids is on {doc_ids.device} but q is on {device}")
-    doc_ids = doc_ids.to(torch.int32).contiguous()
     # A host sync, skipped while tracing or capturing a graph where it is not allowed.
     if seq_len > 1 and not _is_capturing(device):
         if bool((doc_ids[:, 1:] < doc_ids[:, :-1]).any()):
             raise ValueError("entmax_attention: doc_ids must be non-decreasing along the sequence "
                              "(packed documents are contiguous runs of one id)")
-    return doc_ids
+    return document_runs(doc_ids)
+
+
+def document_runs(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Contiguous int32 run numbers (0, 0, 1, 1, 1, 2, ...) for non-decreasing ids of any integer
+    size: the kernels compare ids only for equality, and a plain int32 cast would wrap ids >= 2**31."""
+    starts = torch.zeros_like(doc_ids, dtype=torch.int32)
+    starts[:, 1:] = (doc_ids[:, 1:] != doc_ids[:, :-1]).to(torch.int32)
+    return starts.cumsum(dim=1, dtype=torch.int32).contiguous()
 
 
 def _is_capturing(device: torch.device) -> bool:
@@ -744,7 +762,7 @@ class _EntmaxAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=None, n_iter=2,
+def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=None, n_iter=None,
                      return_stats=False, block_sizes=None):
     """alpha-entmax attention with zero-tile skipping (Triton).
 
@@ -757,9 +775,11 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
         scale: score scale, default 1 / sqrt(head_dim).
         doc_ids: optional (batch, seq_len) integer ids, non-decreasing along the sequence: a query
             attends only to keys of its own document.
-        n_iter: Halley refinement passes after the histogram bracket (2 reaches fp32 rounding).
+        n_iter: refinement passes after the histogram bracket; None: 3 for alpha = 1.5, else 6 (fp32
+            rounding even for near-uniform rows, see default_n_iter).
         return_stats: also return a dict with "block_sparsity" (fraction of allowed tiles, those
-            with at least one unmasked entry, that are all-zero and were skipped), the tile counts
+            with at least one unmasked entry, whose probabilities are all zero: the backward skips
+            them all, the forward those its lower bound on tau could rule out), the tile counts
             behind it and the tile shape.
         block_sizes: optional (block_m, block_n) tile shape, for tuning and tests.
 
@@ -768,7 +788,7 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     """
     _check_qkv(q, k, v)
     alpha = _check_alpha(alpha, "entmax_attention")
-    n_iter = _check_n_iter(n_iter, "entmax_attention")
+    n_iter = _check_n_iter(n_iter, alpha, "entmax_attention")
     if not isinstance(causal, bool):
         raise TypeError(f"entmax_attention: causal must be a bool, got {causal!r}")
     head_dim = q.shape[-1]

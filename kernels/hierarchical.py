@@ -45,6 +45,7 @@ from .entmax_attention import (
     _dot_precision,
     _load_doc_ids,
     _load_rows,
+    document_runs,
     require_runnable_device,
 )
 
@@ -684,7 +685,7 @@ def block_attention(q, k, v, bias, *, block_size=64, causal=True, doc_ids=None, 
                            num_warps=4 if on_gpu else 1, num_stages=2 if on_gpu else 1)
     has_docs = doc_ids is not None
     if has_docs:
-        doc_ids = doc_ids.to(device=q.device, dtype=torch.int32).contiguous()
+        doc_ids = document_runs(doc_ids.to(device=q.device))
     else:  # never read (HAS_DOCS is off), but a pointer argument must point at memory
         doc_ids = torch.zeros(1, device=q.device, dtype=torch.int32)
     return _BlockAttentionFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(),

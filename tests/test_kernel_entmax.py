@@ -187,3 +187,11 @@ def test_histogram_counts_each_entry_in_its_bin(gen):
     expected = torch.zeros(16, NUM_BINS, dtype=torch.int64)
     expected.scatter_add_(1, expected_bins, inside.long())
     assert torch.equal(counts.cpu().long(), expected)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
+def test_entmax_near_uniform_rows_sum_to_one(alpha):
+    x = torch.randn(2, 4000, generator=torch.Generator().manual_seed(1)) * 1e-3
+    p = kernels.entmax(x, alpha=alpha)
+    assert (p.double().sum(-1) - 1).abs().max().item() <= 1e-4
+    assert rel_error(p, reference.entmax(x.double(), alpha=alpha)) < 1e-4
