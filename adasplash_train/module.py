@@ -99,6 +99,9 @@ class LanguageModel(L.LightningModule):
             tokens = batch["input_ids"].numel() * accumulate * self.trainer.world_size
             self.log("tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False)
             self.log("step_time_ms", 1000 * elapsed, on_step=True, on_epoch=False)
+            if self.device.type == "cuda":  # peak since the process started, this device
+                self.log("peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30,
+                         on_step=True, on_epoch=False)
         self._step_started = now
 
     # --------------------------------------------------------------- optimizer

@@ -92,17 +92,23 @@ def plot_loss_curves(logs: dict[str, Any], path: Path) -> bool:
 
 
 def training_summary(logs: dict[str, Any]) -> list[list[str]]:
+    def column(frame, name):
+        return frame[name].dropna() if name in frame.columns else frame.iloc[0:0, 0]
+
     rows = []
     for label, frame in logs.items():
-        column = throughput_column(frame)
-        speeds = frame[column].dropna() if column else []
+        speed = throughput_column(frame)
+        speeds = frame[speed].dropna() if speed else []
+        step_ms, peak, sparsity = (column(frame, c) for c in ("step_time_ms", "peak_mem_gib", "attn/block_sparsity"))
         train = [c for c in loss_columns(frame) if c.startswith("train")]
         val = [c for c in loss_columns(frame) if c.startswith("val")]
         steps = frame["step"].dropna() if "step" in frame.columns else []
         rows.append([
             label,
             _fmt(speeds.median(), 0) if len(speeds) else "–",
-            _fmt(speeds.max(), 0) if len(speeds) else "–",
+            _fmt(step_ms.median(), 1) if len(step_ms) else "–",
+            _fmt(peak.max(), 2) if len(peak) else "–",
+            _fmt(sparsity.iloc[-1], 3) if len(sparsity) else "–",
             str(int(steps.max())) if len(steps) else "–",
             _fmt(frame[train[0]].dropna().iloc[-1], 3) if train and frame[train[0]].notna().any() else "–",
             _fmt(frame[val[0]].dropna().min(), 3) if val and frame[val[0]].notna().any() else "–",
@@ -248,8 +254,8 @@ def build_report(run_dirs: list[str | Path], result_paths: list[str | Path], out
         lines += ["No training logs given (`runs=[...]`).", ""]
     lines += ["## Throughput", ""]
     if logs:
-        lines += _table(["run", "tokens/s (median)", "tokens/s (max)", "steps", "last train loss", "best val loss"],
-                        training_summary(logs))
+        lines += _table(["run", "tokens/s (median)", "step ms (median)", "peak GPU GiB", "attn block sparsity (last)",
+                         "steps", "last train loss", "best val loss"], training_summary(logs))
     else:
         lines += ["No training logs given.", ""]
     lines += _ruler_section(rows)

@@ -9,13 +9,17 @@
 # run in pieces: training resumes from its last checkpoint (ckpt_path=auto), an evaluation that has
 # finished leaves a marker and is skipped when run again.
 # Environment: STUDY_STEPS (training steps, default 1000), STUDY_LENGTHS (default [4096,8192,16384]),
-# STUDY_SAMPLES (RULER samples per task and length, default 10), ADASPLASH_RUNS (default runs),
+# STUDY_SAMPLES (RULER samples per task and length, default 10), STUDY_NEEDLE_SAMPLES (needle samples
+# per length x depth cell, default 2), STUDY_NEEDLE_DEPTHS (default: the eval config's 11 depths,
+# e.g. [0,25,50,75,100]), ADASPLASH_RUNS (default runs),
 # STUDY_REPORT (default docs/results.md).
 set -euo pipefail
 
 steps=${STUDY_STEPS:-1000}
 lengths=${STUDY_LENGTHS:-[4096,8192,16384]}
 samples=${STUDY_SAMPLES:-10}
+needle_samples=${STUDY_NEEDLE_SAMPLES:-2}
+needle_depths=${STUDY_NEEDLE_DEPTHS:+niah.depths=$STUDY_NEEDLE_DEPTHS}
 root=${ADASPLASH_RUNS:-runs}
 methods=${STUDY_METHODS:-softmax entmax hierarchical}
 report=${STUDY_REPORT:-docs/results.md}
@@ -37,7 +41,7 @@ evaluate() {
     local marker="$run/.study_eval_${task}_done"
     [ -f "$marker" ] && { echo "eval_$1 $task: done before"; continue; }
     "$python" -m evals ckpt="$run" name="$1" task="$task" lengths="$lengths" \
-      ruler.num_samples="$samples" niah.samples_per_cell=2 batch_size=1 progress=false \
+      ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" $needle_depths batch_size=1 progress=false \
       results_file="$results" && touch "$marker"
   done
 }
@@ -55,9 +59,9 @@ make_report() {
     echo "- card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo 'no GPU')"
     echo "- versions: $("$python" -c 'import torch, triton, lightning; print(f"torch {torch.__version__}, triton {triton.__version__}, lightning {lightning.__version__}")')"
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_METHODS=\"$methods\" scripts/study.sh\`"
+    echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_NEEDLE_SAMPLES=$needle_samples${STUDY_NEEDLE_DEPTHS:+ STUDY_NEEDLE_DEPTHS=$STUDY_NEEDLE_DEPTHS} STUDY_METHODS=\"$methods\" scripts/study.sh\`"
     echo "- training: \`python -m adasplash_train experiment=study attention=<method> run_name=study_<method> trainer.max_steps=$steps ckpt_path=auto\`"
-    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=2 batch_size=1\`"
+    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples $needle_depths batch_size=1\`"
   } >> "$report"
 }
 
