@@ -17,6 +17,10 @@ decays with distance the way it does in trained models. The temperature sets the
 `load_qkv_file`). Forward timings run without autograd; forward+backward timings backpropagate a
 fixed random gradient. Our kernel is timed without return_stats (its stats need a host sync);
 the stats come from one separate call.
+
+``--decode M`` times the decode-style forward instead: the last M queries of each input against
+all N keys, non-causal (what generation with a KV cache computes), forward only. Methods that need
+as many queries as keys (ours, adasplash) are skipped there with a note.
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ class MethodUnavailable(RuntimeError):
     """A method cannot run here (missing package or backend); the message says why."""
 
 
-def _sdpa(backend_name: str):
+def _sdpa(backend_name: str, causal: bool = True):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention
 
@@ -172,7 +176,7 @@ def _sdpa(backend_name: str):
 
     def attention(q, k, v):
         with sdpa_kernel(backend):
-            return scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+            return scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
 
     return attention
 
@@ -206,17 +210,21 @@ def _ours():
     return attention
 
 
-def _block_selection(name: str, top_k: int = 16):
+def _block_selection(name: str, top_k: int = 16, causal: bool = True):
     """hierarchical (alpha-entmax picks key blocks) or topk_blocks (top_k blocks per query), blocks of
     BLOCK keys; `selection_stats(q, k, v)` gives the fraction of key blocks they select."""
     try:
         from kernels import hierarchical
     except ImportError as err:
         raise MethodUnavailable(f"kernels.hierarchical unavailable ({err})") from err
+    # The Triton token level needs Nq == Nk; decoding (causal=False, fewer queries) runs the PyTorch path.
+    backend = "triton" if causal else "torch"
     if name == "hierarchical":
-        kernel = functools.partial(hierarchical.hierarchical_attention, alpha=1.5, block_size=BLOCK, causal=True)
+        kernel = functools.partial(hierarchical.hierarchical_attention, alpha=1.5, block_size=BLOCK, causal=causal,
+                                   backend=backend)
     else:
-        kernel = functools.partial(hierarchical.topk_block_attention, top_k=top_k, block_size=BLOCK, causal=True)
+        kernel = functools.partial(hierarchical.topk_block_attention, top_k=top_k, block_size=BLOCK, causal=causal,
+                                   backend=backend)
 
     def attention(q, k, v):
         return kernel(q, k, v)
@@ -235,18 +243,21 @@ def _selection_note(attention, q, k, v) -> str:
             f"({stats['blocks_per_query']:.1f} per query)")
 
 
-def build_method(name: str):
-    """The callable attention(q, k, v) -> out of one method; MethodUnavailable if it can't run."""
+def build_method(name: str, decode: bool = False):
+    """The callable attention(q, k, v) -> out of one method; MethodUnavailable if it can't run.
+    decode: non-causal attention of fewer queries than keys (the queries are the last positions)."""
+    if decode and name in ("adasplash", "ours"):
+        raise MethodUnavailable("needs as many queries as keys (a decode step uses the exact reference)")
     if name == "sdpa_flash":
-        return _sdpa("FLASH_ATTENTION")
+        return _sdpa("FLASH_ATTENTION", causal=not decode)
     if name == "sdpa_cudnn":
-        return _sdpa("CUDNN_ATTENTION")
+        return _sdpa("CUDNN_ATTENTION", causal=not decode)
     if name == "adasplash":
         return _adasplash()
     if name == "ours":
         return _ours()
     if name in ("hierarchical", "topk_blocks"):
-        return _block_selection(name)
+        return _block_selection(name, causal=not decode)
     raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
 
 
@@ -345,8 +356,10 @@ def input_sets_for(q, k, v, n_sets: int, max_set_bytes: int = 256 * 2**20):
     return sets
 
 
-def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_sets: int = 3) -> list[BenchRow]:
-    """All methods on one input (CUDA tensors); failures become rows with a note."""
+def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_sets: int = 3,
+               backward: bool = True) -> list[BenchRow]:
+    """All methods on one input (CUDA tensors); failures become rows with a note. backward=False
+    times the forward alone (fwd+bwd and peak memory stay empty)."""
     rows = []
     input_sets = input_sets_for(q, k, v, n_sets)
     for name, attention in methods.items():
@@ -357,8 +370,9 @@ def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_
             continue
         try:
             row.fwd_ms = time_ms(attention, input_sets, backward=False)
-            row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True)
-            row.peak_mib = peak_mib(attention, input_sets[0], backward=True)
+            if backward:
+                row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True)
+            row.peak_mib = peak_mib(attention, input_sets[0], backward=backward)
             row.note = _selection_note(attention, q, k, v)
         except torch.cuda.OutOfMemoryError:
             row.note = "out of memory"
@@ -526,6 +540,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-sets", type=int, default=3, help="input sets rotated between calls (small N only)")
     p.add_argument("--qk-file", action="append", default=[], help="torch.save'd dict of q, k[, v] (repeatable)")
+    p.add_argument("--decode", type=int, metavar="M",
+                   help="decode-style forward: the last M queries against all N keys, non-causal, no backward")
     p.add_argument("--json", help="write rows and environment to this JSON file")
     p.add_argument("--plot", help="write a time-vs-N plot (PNG) to this path")
     p.add_argument("--calibrate", action="store_true", help="search the temperature for --target and exit")
@@ -552,12 +568,12 @@ def _regime_arg(text: str):
         return text
 
 
-def _available_methods(names) -> dict:
+def _available_methods(names, decode: bool = False) -> dict:
     """name -> callable, or name -> note string when it cannot run."""
     methods = {}
     for name in names:
         try:
-            methods[name] = build_method(name)
+            methods[name] = build_method(name, decode=decode)
         except MethodUnavailable as err:
             methods[name] = f"skipped: {err}"
             print(f"note: {name} skipped: {err}", file=sys.stderr)
@@ -599,16 +615,22 @@ def main(argv=None) -> list[BenchRow]:
         return []
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention times CUDA kernels and needs a GPU (--calibrate works on the CPU)")
-    methods = _available_methods(args.methods)
+    decode = args.decode is not None
+    methods = _available_methods(args.methods, decode=decode)
     ours = None if isinstance(methods.get("ours"), str) else methods.get("ours")
 
-    meta = environment() | {"dtype": "bfloat16", "causal": True, "batch": args.batch, "heads": args.heads}
+    meta = environment() | {"dtype": "bfloat16", "causal": not decode, "batch": args.batch, "heads": args.heads,
+                            "decode_queries": args.decode}
     print(f"# attention benchmark on {meta['device']} (torch {meta['torch']}, triton {meta.get('triton')})")
     rows = []
     for label, n, d, q, k, v in _cases(args):
         q, k, v = (t.to("cuda", torch.bfloat16).contiguous() for t in (q, k, v))
-        sparsity = measure_block_sparsity(q, k, ours=ours, n_row_tiles=args.row_tiles)
-        case_rows = bench_case(methods, q, k, v, n, d, label, sparsity, n_sets=args.input_sets)
+        if decode:
+            # the last queries against every key; causal block sparsity does not apply
+            q, sparsity, label = q[:, :, -args.decode:].contiguous(), (None, ""), f"{label}, decode {args.decode}q"
+        else:
+            sparsity = measure_block_sparsity(q, k, ours=ours, n_row_tiles=args.row_tiles)
+        case_rows = bench_case(methods, q, k, v, n, d, label, sparsity, n_sets=args.input_sets, backward=not decode)
         for row in case_rows:
             print(f"  {row.method:>10} N={n} D={d} {label}: fwd {_fmt(row.fwd_ms, '.3f')} ms, "
                   f"fwd+bwd {_fmt(row.fwd_bwd_ms, '.3f')} ms {row.note}", flush=True)

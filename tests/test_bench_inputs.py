@@ -236,3 +236,21 @@ def test_bench_case_rows_and_failure_notes(bench, monkeypatch):
     assert by_method["adasplash"].note == "skipped: not installed" and by_method["adasplash"].fwd_ms is None
     assert by_method["sdpa_flash"].note == "RuntimeError: power-of-two N only"
     assert all(row.block_sparsity == 0.5 for row in rows)
+
+
+def test_decode_mode_methods(bench, monkeypatch):
+    """--decode: the last queries against every key, non-causal, forward only; ours/adasplash skip."""
+    for name in ("ours", "adasplash"):
+        with pytest.raises(bench.MethodUnavailable, match="as many queries as keys"):
+            bench.build_method(name, decode=True)
+    q, k, v = bench.make_qkv(64, 16, 0.5, seed=1, heads=2)
+    last = q[:, :, -3:]
+    out = bench.build_method("sdpa_flash", decode=True)(last, k, v)
+    expected = torch.softmax(last.double() @ k.double().transpose(-1, -2) / 4.0, dim=-1) @ v.double()
+    assert (out.double() - expected).abs().max() < 1e-5  # all 64 keys, no causal mask
+
+    monkeypatch.setattr(bench, "time_ms", lambda attention, sets, backward: 2.0 if backward else 1.0)
+    monkeypatch.setattr(bench, "peak_mib", lambda attention, inputs, backward: 7.0 if backward else 3.0)
+    rows = bench.bench_case({"flash": lambda *t: None}, last, k, v, 64, 16, "trained, decode 3q", (None, ""),
+                            n_sets=1, backward=False)
+    assert (rows[0].fwd_ms, rows[0].fwd_bwd_ms, rows[0].peak_mib) == (1.0, None, 3.0)
