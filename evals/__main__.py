@@ -1,4 +1,4 @@
-"""``python -m evals ckpt=PATH task=ruler|niah|lm_eval lengths=[4096,8192]``: the Hydra entry point.
+"""``python -m evals ckpt=PATH task=ruler|niah|lm_eval|synthetic lengths=[4096,8192]``: the Hydra entry point.
 
 Sweeps: ``python -m evals -m ckpt=runs/a,runs/b task=ruler,niah lengths=[4096,8192]`` runs every
 combination; all jobs of one sweep append to ``<sweep dir>/results.jsonl``; feed it to

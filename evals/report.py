@@ -22,7 +22,9 @@ from typing import Any, Iterable
 from evals.results import read_rows
 
 BEYOND = "†"
-SECTIONS = ("Training loss", "Throughput", "RULER", "Needle in a haystack", "entmax − softmax", "lm-eval")
+SECTIONS = ("Training loss", "Throughput", "RULER", "Needle in a haystack", "Synthetic retrieval (in-distribution)",
+            "entmax − softmax", "lm-eval")
+SYNTHETIC_METRIC = "exact_match"  # the synthetic eval's headline metric (token_accuracy rides along)
 
 
 # ---------------------------------------------------------------------------- training logs
@@ -120,11 +122,20 @@ def training_summary(logs: dict[str, Any]) -> list[list[str]]:
 
 
 def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (run, task, subtask, length, depth, metric): the last one written wins."""
+    """One row per (run, task, subtask, length, depth, metric): the last one written wins.
+
+    The metric is part of the key for lm-eval and the synthetic eval (one row per metric); a
+    synthetic unit's rows replace all of that unit's earlier ones, so a rerun that succeeds drops
+    an earlier failure (an error row carries no metric) and a rerun that fails drops old scores."""
     kept: dict[tuple, dict[str, Any]] = {}
     for row in rows:
-        key = (row.get("run"), row.get("task"), row.get("subtask"), row.get("length"), row.get("depth"),
-               row.get("metric") if row.get("task") == "lm_eval" else None)
+        unit = (row.get("run"), row.get("task"), row.get("subtask"), row.get("length"), row.get("depth"))
+        if row.get("task") == "synthetic":
+            stale = [key for key in kept if key[:5] == unit
+                     and (row.get("error") or kept[key].get("error"))]
+            for key in stale:
+                del kept[key]
+        key = unit + (row.get("metric") if row.get("task") in ("lm_eval", "synthetic") else None,)
         kept[key] = row
     return list(kept.values())
 
@@ -172,14 +183,50 @@ def needle_average(rows: list[dict[str, Any]], length: int) -> float | None:
     return sum(scores) / len(scores) if scores else None
 
 
+def synthetic_table(rows: list[dict[str, Any]], run: str, train_length: int | None) -> tuple[list[str], list[list[str]]]:
+    """Task x length table of one run's synthetic results: exact match, token accuracy in
+    parentheses; the last row averages over tasks."""
+    mine = [r for r in rows if r.get("run") == run and r.get("task") == "synthetic" and r.get("length") is not None]
+    lengths = sorted({int(r["length"]) for r in mine})
+    tasks = list(dict.fromkeys(r["subtask"] for r in mine))
+    cell = {(r["subtask"], int(r["length"]), r.get("metric")): r for r in mine}
+
+    def both(exact: float | None, tokens: float | None) -> str:
+        return _fmt_or_dash(exact) + (f" ({_fmt(tokens, 1)})" if exact is not None and tokens is not None else "")
+
+    def text(task, length):
+        exact, tokens = cell.get((task, length, SYNTHETIC_METRIC)), cell.get((task, length, "token_accuracy"))
+        if exact is None:
+            error = cell.get((task, length, None))
+            return "error" if error is not None and error.get("error") else "–"
+        return both(exact.get("score"), tokens.get("score") if tokens else None)
+
+    body = [[task] + [text(task, length) for length in lengths] for task in tasks]
+    body.append(["**average**"] + [both(synthetic_average(mine, length), synthetic_average(mine, length, "token_accuracy"))
+                                   for length in lengths])
+    return ["task"] + [length_label(length, train_length) for length in lengths], body
+
+
+def synthetic_average(rows: list[dict[str, Any]], length: int, metric: str = SYNTHETIC_METRIC) -> float | None:
+    """Mean ``metric`` over every synthetic task these rows ran (at any length); None when a task
+    has no score at this length, as for the RULER average."""
+    synthetic = [r for r in rows if r.get("task") == "synthetic"]
+    tasks = {r["subtask"] for r in synthetic}
+    scores = {r["subtask"]: r["score"] for r in synthetic if r.get("metric") == metric
+              and int(r["length"]) == length and r.get("score") is not None}
+    if not tasks or set(scores) != tasks:
+        return None
+    return sum(scores.values()) / len(scores)
+
+
 def attention_difference(rows: list[dict[str, Any]], first: str = "entmax", second: str = "softmax"):
     """Per length: mean score of ``first``-attention runs, of ``second`` ones, and the difference,
-    for the RULER average and the needle grid average."""
+    for the RULER average, the needle grid average and the synthetic average (exact match)."""
     attention = attention_of(rows)
     table = []
-    for task, average in (("RULER avg", ruler_average), ("needle avg", needle_average)):
-        lengths = sorted({int(r["length"]) for r in rows if r.get("task") == ("ruler" if task == "RULER avg" else "niah")
-                          and r.get("length") is not None})
+    for task, kind, average in (("RULER avg", "ruler", ruler_average), ("needle avg", "niah", needle_average),
+                                ("synthetic avg", "synthetic", synthetic_average)):
+        lengths = sorted({int(r["length"]) for r in rows if r.get("task") == kind and r.get("length") is not None})
         for length in lengths:
             means = []
             for kind in (first, second):
@@ -265,6 +312,7 @@ def build_report(run_dirs: list[str | Path], result_paths: list[str | Path], out
                   f"![needle heatmaps]({figures.name}/needle_heatmaps.png)", ""]
     else:
         lines += ["No needle results.", ""]
+    lines += _synthetic_section(rows)
     lines += ["## entmax − softmax", ""]
     difference = attention_difference(rows)
     if difference:
@@ -306,6 +354,26 @@ def _ruler_section(rows) -> list[str]:
     trained = train_lengths(rows)
     for run in runs:
         header, body = ruler_table(rows, run, trained.get(run))
+        lines += [f"### {run}", ""] + _table(header, body)
+    return lines
+
+
+def _synthetic_section(rows) -> list[str]:
+    lines = ["## Synthetic retrieval (in-distribution)", ""]
+    runs = list(dict.fromkeys(r["run"] for r in rows if r.get("task") == "synthetic"))
+    if not runs:
+        return lines + ["No synthetic results.", ""]
+    lines += ["The training mixture's own tasks (kv_retrieval, copy, variable_tracking) on held-out filler, "
+              "teacher-forced: exact match (%) of the whole answer, token accuracy (%) in parentheses. "
+              "In-distribution for models trained with synthetic documents: it tests how far a learned "
+              "retrieval skill extrapolates in length, not general ability.", ""]
+    fillers = sorted({str(r["filler"]) for r in rows if r.get("task") == "synthetic" and r.get("filler")})
+    not_held_out = [f for f in fillers if not f.startswith("val:")]
+    if not_held_out:
+        lines += [f"Note: filler from {', '.join(not_held_out)} rather than the run's validation split.", ""]
+    trained = train_lengths(rows)
+    for run in runs:
+        header, body = synthetic_table(rows, run, trained.get(run))
         lines += [f"### {run}", ""] + _table(header, body)
     return lines
 

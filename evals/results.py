@@ -1,7 +1,7 @@
 """Result rows: one JSON object per line, appended to one file per sweep.
 
 Every row names the model (``run``: a label; ``ckpt``; ``attention``; ``train_length``) and what
-was measured (``task``: ruler | niah | lm_eval; ``subtask``; ``length``; ``score``). A failed unit
+was measured (``task``: ruler | niah | lm_eval | synthetic; ``subtask``; ``length``; ``score``). A failed unit
 of work leaves a row with ``error`` set instead of a score, so a sweep never silently loses it.
 """
 

@@ -1,8 +1,8 @@
 """What ``python -m evals`` does with its config: load a checkpoint, run one evaluation over the
 requested lengths, append one result row per unit of work to the sweep's results file.
 
-A unit (one RULER task at one length, one needle length, one lm-eval run) that raises leaves an
-error row and the loop goes on, so one length running out of memory does not lose the others.
+A unit (one RULER or synthetic task at one length, one needle length, one lm-eval run) that raises
+leaves an error row and the loop goes on, so one length running out of memory does not lose the others.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from evals.generate import cast_for_inference, training_length
 
 log = logging.getLogger(__name__)
 
-EVAL_TASKS = ("ruler", "niah", "lm_eval")
+EVAL_TASKS = ("ruler", "niah", "lm_eval", "synthetic")
 
 
 def evaluate(cfg: DictConfig, *, model=None, tokenizer=None, output_dir: str | Path | None = None,
@@ -54,7 +54,8 @@ def evaluate(cfg: DictConfig, *, model=None, tokenizer=None, output_dir: str | P
         if results_file:
             results.append_rows(results_file, new_rows)
 
-    units = {"ruler": _ruler_units, "niah": _niah_units, "lm_eval": _lm_eval_units}[task](
+    units = {"ruler": _ruler_units, "niah": _niah_units, "lm_eval": _lm_eval_units,
+             "synthetic": _synthetic_units}[task](
         cfg, model, tokenizer, lengths, output_dir, base["run"])
     for fields, run_unit in units:
         try:
@@ -118,6 +119,37 @@ def _niah_units(cfg, model, tokenizer, lengths, output_dir: Path, label: str) ->
 
         units.append(({"subtask": f"{settings.haystack}_{settings.needle_key}_{settings.needle_value}",
                        "length": length}, run))
+    return units
+
+
+def _synthetic_units(cfg, model, tokenizer, lengths, output_dir: Path, label: str) -> list[Unit]:
+    from adasplash_train.data.synthetic import TASKS
+    from evals.synthetic import load_filler, run_synthetic_task
+
+    settings = cfg.synthetic
+    task_names = list(settings.tasks)
+    unknown = [name for name in task_names if name not in TASKS]
+    if unknown or not task_names:
+        raise ValueError(f"synthetic.tasks has unknown tasks {unknown or task_names}; choose from {list(TASKS)}")
+    ckpt = cfg.get("ckpt")
+    # found once for every unit; a filler that cannot be had (filler=val without the cache) stops the job here
+    filler = load_filler(tokenizer, mode=settings.get("filler", "auto"), ckpt=None if ckpt == "???" else ckpt,
+                         shard_dir=settings.get("shard_dir"), cache_dir=settings.get("cache_dir"),
+                         haystack_dir=settings.get("haystack_dir"))
+    log.info("synthetic filler: %s", filler.source)
+    units: list[Unit] = []
+    for name in task_names:
+        for length in lengths:
+            predictions = (output_dir / "predictions" / f"{label}_synthetic_{name}_{length}.jsonl"
+                           if cfg.get("save_predictions", True) else None)
+
+            def run(name=name, length=length, predictions=predictions):
+                return run_synthetic_task(model, tokenizer, name, length, filler=filler,
+                                          num_samples=int(settings.num_samples), seed=int(cfg.seed),
+                                          batch_size=int(cfg.batch_size), predictions_path=predictions,
+                                          progress=bool(cfg.get("progress", True)))
+
+            units.append(({"subtask": name, "length": length}, run))
     return units
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The comparison study behind docs/results.md: the same small GPT trained with softmax (FlashAttention-2),
 # entmax (alpha = 1.5, our Triton kernels) and, where available, hierarchical attention, on the same
-# data, tokens and seed; then RULER and needle grids at 1x, 2x and 4x the training length; then one report.
+# data, tokens and seed; then RULER, needle grids and the in-distribution synthetic tasks (task=synthetic)
+# at 1x, 2x and 4x the training length; then one report.
 #
 # Usage: scripts/study.sh [STAGE ...]      (default: every stage, in order)
 #   stages: train_<method>, eval_<method>, report     methods: $STUDY_METHODS (softmax entmax hierarchical)
@@ -11,7 +12,8 @@
 # Environment: STUDY_STEPS (training steps, default 1000), STUDY_LENGTHS (default [4096,8192,16384]),
 # STUDY_SAMPLES (RULER samples per task and length, default 10), STUDY_NEEDLE_SAMPLES (needle samples
 # per length x depth cell, default 2), STUDY_NEEDLE_DEPTHS (default: the eval config's 11 depths,
-# e.g. [0,25,50,75,100]), ADASPLASH_RUNS (default runs),
+# e.g. [0,25,50,75,100]), STUDY_SYNTHETIC_SAMPLES (synthetic samples per task and length, default 20),
+# ADASPLASH_RUNS (default runs),
 # STUDY_REPORT (default docs/results.md).
 set -euo pipefail
 
@@ -20,6 +22,7 @@ lengths=${STUDY_LENGTHS:-[4096,8192,16384]}
 samples=${STUDY_SAMPLES:-10}
 needle_samples=${STUDY_NEEDLE_SAMPLES:-2}
 needle_depths=${STUDY_NEEDLE_DEPTHS:+niah.depths=$STUDY_NEEDLE_DEPTHS}
+synthetic_samples=${STUDY_SYNTHETIC_SAMPLES:-20}
 root=${ADASPLASH_RUNS:-runs}
 methods=${STUDY_METHODS:-softmax entmax hierarchical}
 report=${STUDY_REPORT:-docs/results.md}
@@ -37,11 +40,12 @@ train() {
 evaluate() {
   local run="$root/study_$1" task
   [ -d "$run/checkpoints" ] || { echo "skip eval_$1: $run has no checkpoints"; return 0; }
-  for task in niah ruler; do
+  for task in niah ruler synthetic; do
     local marker="$run/.study_eval_${task}_done"
     [ -f "$marker" ] && { echo "eval_$1 $task: done before"; continue; }
     "$python" -m evals ckpt="$run" name="$1" task="$task" lengths="$lengths" \
-      ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" $needle_depths batch_size=1 progress=false \
+      ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" $needle_depths \
+      synthetic.num_samples="$synthetic_samples" batch_size=1 progress=false \
       results_file="$results" && touch "$marker"
   done
 }
@@ -59,9 +63,9 @@ make_report() {
     echo "- card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo 'no GPU')"
     echo "- versions: $("$python" -c 'import torch, triton, lightning; print(f"torch {torch.__version__}, triton {triton.__version__}, lightning {lightning.__version__}")')"
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_NEEDLE_SAMPLES=$needle_samples${STUDY_NEEDLE_DEPTHS:+ STUDY_NEEDLE_DEPTHS=$STUDY_NEEDLE_DEPTHS} STUDY_METHODS=\"$methods\" scripts/study.sh\`"
+    echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_NEEDLE_SAMPLES=$needle_samples${STUDY_NEEDLE_DEPTHS:+ STUDY_NEEDLE_DEPTHS=$STUDY_NEEDLE_DEPTHS} STUDY_SYNTHETIC_SAMPLES=$synthetic_samples STUDY_METHODS=\"$methods\" scripts/study.sh\`"
     echo "- training: \`python -m adasplash_train experiment=study attention=<method> run_name=study_<method> trainer.max_steps=$steps ckpt_path=auto\`"
-    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples $needle_depths batch_size=1\`"
+    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler|synthetic lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples $needle_depths synthetic.num_samples=$synthetic_samples batch_size=1\`"
   } >> "$report"
 }
 

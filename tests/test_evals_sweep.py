@@ -46,9 +46,11 @@ def test_sweep_then_report(checkpoints, tmp_path):
     sweep = tmp_path / "sweep"
     command = [
         sys.executable, "-m", "evals", "-m", f"ckpt={checkpoints['entmax']},{checkpoints['softmax']}",
-        "task=ruler,niah", "lengths=[300,700]", "ruler.tasks=[niah_single_1,niah_multikey_2,qa_1]",
+        "task=ruler,niah,synthetic", "lengths=[300,700]", "ruler.tasks=[niah_single_1,niah_multikey_2,qa_1]",
         "ruler.num_samples=2", "ruler.tokens_to_generate=8", "niah.depths=[0,50,100]", "niah.samples_per_cell=1",
-        "niah.tokens_to_generate=8", "niah.haystack=noise", "device=cpu", "progress=false", f"hydra.sweep.dir={sweep}",
+        "niah.tokens_to_generate=8", "niah.haystack=noise", "synthetic.num_samples=2", "synthetic.filler=val",
+        f"synthetic.cache_dir={checkpoints['entmax'].parent / 'cache'}", "device=cpu", "progress=false",
+        f"hydra.sweep.dir={sweep}",
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -67,6 +69,9 @@ def test_sweep_then_report(checkpoints, tmp_path):
     assert all(r["error"] is None and 0 <= r["score"] <= 100 and r["beyond_training"] for r in ruler if r["length"] == 700)
     needle = [r for r in rows if r["task"] == "niah" and r["score"] is not None]
     assert sorted({r["depth"] for r in needle}) == [0, 50, 100] and {r["run"] for r in needle} == {"tiny_entmax", "tiny_softmax"}
+    synthetic = [r for r in rows if r["task"] == "synthetic"]
+    # 2 checkpoints x 3 tasks x 2 lengths x 2 metrics, filler from the runs' own held-out split
+    assert len(synthetic) == 24 and all(r["error"] is None and r["filler"].startswith("val:stdlib-") for r in synthetic)
     assert {r["attention"] for r in rows} == {"entmax", "softmax"} and {r["train_length"] for r in rows} == {64}
     assert any(r["task"] == "lm_eval" and r["metric"] == "acc" for r in rows)
     assert list(sweep.glob("*/niah/tiny_*_needle.png")) and list(sweep.glob("*/niah/tiny_*_needle.csv"))
@@ -80,6 +85,7 @@ def test_sweep_then_report(checkpoints, tmp_path):
     for section in SECTIONS + ("Errors",):
         assert f"## {section}" in text, section
     assert "700†" in text and "| niah_single_1 |" in text and "| RULER avg | 700† |" in text
+    assert "| kv_retrieval |" in text and "| synthetic avg | 700† |" in text
     assert (out.parent / "report_figures" / "loss_curves.png").stat().st_size > 0
     assert (out.parent / "report_figures" / "needle_heatmaps.png").stat().st_size > 0
     assert "<table>" in out.with_suffix(".html").read_text()
