@@ -302,7 +302,7 @@ def build_report(run_dirs: list[str | Path], result_paths: list[str | Path], out
     lines += ["## Throughput", ""]
     if logs:
         lines += _table(["run", "tokens/s (median)", "step ms (median)", "peak GPU GiB", "attn block sparsity (last)",
-                         "steps", "last train loss", "best val loss"], training_summary(logs))
+                         "last logged step", "last train loss", "best val loss"], training_summary(logs))
     else:
         lines += ["No training logs given.", ""]
     lines += _ruler_section(rows)
