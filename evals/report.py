@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from evals.results import read_rows
 
 BEYOND = "†"
-SECTIONS = ("Training loss", "Throughput", "RULER", "Needle in a haystack", "Synthetic retrieval (in-distribution)",
+SECTIONS = ("Training loss", "Throughput", "Attention sparsity per layer", "RULER", "Needle in a haystack", "Synthetic retrieval (in-distribution)",
             "entmax − softmax", "lm-eval")
 SYNTHETIC_METRIC = "exact_match"  # the synthetic eval's headline metric (token_accuracy rides along)
 
@@ -118,6 +118,24 @@ def training_summary(logs: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def layer_sparsity(logs: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Last logged value of each per-layer attention statistic (entmax block sparsity, the block
+    methods' selected-block fraction): one row per (run, statistic), one column per layer."""
+    found = {}
+    for label, frame in logs.items():
+        for stat in ("block_sparsity", "selected_block_fraction"):
+            columns = {int(m.group(1)): c for c in frame.columns
+                       if (m := re.fullmatch(rf"attn/{stat}_layer(\d+)", c))}
+            values = {layer: frame[c].dropna() for layer, c in columns.items()}
+            values = {layer: v.iloc[-1] for layer, v in values.items() if len(v)}
+            if values:
+                found[(label, stat)] = values
+    n_layers = max((max(v) + 1 for v in found.values()), default=0)
+    body = [[label, stat] + [_fmt_or_dash(values.get(layer), 3) for layer in range(n_layers)]
+            for (label, stat), values in found.items()]
+    return ["run", "statistic"] + [f"layer {i}" for i in range(n_layers)], body
+
+
 # ---------------------------------------------------------------------------- eval results
 
 
@@ -154,7 +172,9 @@ def length_label(length: int, train_length: int | None) -> str:
 
 
 def ruler_table(rows: list[dict[str, Any]], run: str, train_length: int | None) -> tuple[list[str], list[list[str]]]:
-    """Task x length table of one run, with the average over tasks as the last row."""
+    """Task x length table of one run, with the average over tasks as the last row (only where the
+    run has a score for every task that any run in ``rows`` ran)."""
+    every_task = ruler_tasks(rows)
     mine = [r for r in rows if r.get("run") == run and r.get("task") == "ruler" and r.get("length") is not None]
     lengths = sorted({int(r["length"]) for r in mine})
     tasks = list(dict.fromkeys(r["subtask"] for r in mine))
@@ -162,15 +182,20 @@ def ruler_table(rows: list[dict[str, Any]], run: str, train_length: int | None) 
     body = []
     for task in tasks:
         body.append([task] + [_score_cell(cell.get((task, length))) for length in lengths])
-    body.append(["**average**"] + [_fmt_or_dash(ruler_average(mine, length)) for length in lengths])
+    body.append(["**average**"] + [_fmt_or_dash(ruler_average(mine, length, every_task)) for length in lengths])
     return ["task"] + [length_label(length, train_length) for length in lengths], body
 
 
-def ruler_average(rows: list[dict[str, Any]], length: int) -> float | None:
-    """Mean over every RULER task these rows ran (at any length); None when a task has no score at
-    this length (failed or not run), so averages at different lengths cover the same tasks."""
+def ruler_tasks(rows: list[dict[str, Any]]) -> set[str]:
+    return {r["subtask"] for r in rows if r.get("task") == "ruler" and r.get("subtask")}
+
+
+def ruler_average(rows: list[dict[str, Any]], length: int, tasks: set[str] | None = None) -> float | None:
+    """Mean over ``tasks`` (default: every RULER task these rows ran, at any length); None when one of
+    them has no score at this length (failed or not run), so every average covers the same tasks.
+    A report passes the tasks of all its runs, so runs are compared over the same set too."""
     ruler = [r for r in rows if r.get("task") == "ruler"]
-    tasks = {r["subtask"] for r in ruler}
+    tasks = ruler_tasks(ruler) if tasks is None else set(tasks)
     scores = {r["subtask"]: r["score"] for r in ruler if int(r["length"]) == length and r.get("score") is not None}
     if not tasks or set(scores) != tasks:
         return None
@@ -223,14 +248,16 @@ def attention_difference(rows: list[dict[str, Any]], first: str = "entmax", seco
     """Per length: mean score of ``first``-attention runs, of ``second`` ones, and the difference,
     for the RULER average, the needle grid average and the synthetic average (exact match)."""
     attention = attention_of(rows)
+    every_task = ruler_tasks(rows)  # every run is averaged over the same RULER tasks
     table = []
-    for task, kind, average in (("RULER avg", "ruler", ruler_average), ("needle avg", "niah", needle_average),
+    for task, kind, average in (("RULER avg", "ruler", lambda r, n: ruler_average(r, n, every_task)),
+                                ("needle avg", "niah", needle_average),
                                 ("synthetic avg", "synthetic", synthetic_average)):
         lengths = sorted({int(r["length"]) for r in rows if r.get("task") == kind and r.get("length") is not None})
         for length in lengths:
             means = []
-            for kind in (first, second):
-                runs = [run for run, name in attention.items() if name == kind]
+            for wanted in (first, second):
+                runs = [run for run, name in attention.items() if name == wanted]
                 values = [average([r for r in rows if r.get("run") == run], length) for run in runs]
                 values = [v for v in values if v is not None]
                 means.append(sum(values) / len(values) if values else None)
@@ -305,6 +332,7 @@ def build_report(run_dirs: list[str | Path], result_paths: list[str | Path], out
                          "last logged step", "last train loss", "best val loss"], training_summary(logs))
     else:
         lines += ["No training logs given.", ""]
+    lines += _sparsity_section(logs)
     lines += _ruler_section(rows)
     lines += ["## Needle in a haystack", ""]
     if plot_needle_heatmaps(rows, figures / "needle_heatmaps.png"):
@@ -343,6 +371,16 @@ def _inputs_section(run_dirs, result_paths, rows) -> list[str]:
         lines += ["Note: some essay haystacks used the stdlib fallback text (no Paul Graham essays installed), "
                   "so those RULER numbers are not comparable with published ones.", ""]
     return lines
+
+
+def _sparsity_section(logs) -> list[str]:
+    lines = ["## Attention sparsity per layer", ""]
+    header, body = layer_sparsity(logs)
+    if not body:
+        return lines + ["No per-layer attention statistics in the training logs (softmax runs log none).", ""]
+    return lines + ["Last logged value per layer: `block_sparsity` is the fraction of (query tile, key tile) "
+                    "blocks whose entmax probabilities are all zero; `selected_block_fraction` is the share of "
+                    "key blocks the block-selection methods attend.", ""] + _table(header, body)
 
 
 def _ruler_section(rows) -> list[str]:

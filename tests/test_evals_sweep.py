@@ -146,6 +146,20 @@ def test_ruler_average_needs_every_task_at_that_length():
             for t, n, s in [("vt", 4096, 50.0), ("cwe", 4096, 10.0), ("vt", 8192, 40.0), ("cwe", 8192, None)]]
     assert ruler_average(rows, 4096) == 30.0
     assert ruler_average(rows, 8192) is None  # cwe failed at 8k: no average over a different task set
+    assert ruler_average(rows, 4096, tasks={"vt", "cwe", "fwe"}) is None  # another run also ran fwe
+
+
+def test_runs_that_ran_fewer_ruler_tasks_get_no_average(tmp_path):
+    """A run cut short after some RULER tasks is not compared with one that ran them all."""
+    rows = [{"run": run, "attention": attention, "train_length": 4096, "task": "ruler", "subtask": task,
+             "length": 4096, "score": score, "error": None}
+            for run, attention, task, score in [("s", "softmax", "vt", 10.0), ("s", "softmax", "cwe", 30.0),
+                                                ("e", "entmax", "vt", 50.0)]]
+    results_file = tmp_path / "results.jsonl"
+    results_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = build_report([], [results_file], tmp_path / "r.md").read_text()
+    assert "| **average** | 20.0 |" in text and "| **average** | – |" in text
+    assert "| RULER avg |" not in text
 
 
 def test_training_log_orders_launches_numerically_and_drops_superseded_steps(tmp_path):
@@ -161,3 +175,19 @@ def test_training_log_orders_launches_numerically_and_drops_superseded_steps(tmp
     frame = load_training_log(tmp_path)
     assert list(frame["step"]) == list(range(13))
     assert list(frame["train/loss"]) == [2.0] * 5 + [10.0] * 8
+
+
+def test_throughput_and_layer_sparsity_from_a_hand_made_log(tmp_path):
+    run = tmp_path / "entmax_run" / "csv" / "version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text(
+        "step,tokens_per_sec,step_time_ms,peak_mem_gib,attn/block_sparsity,attn/block_sparsity_layer0,"
+        "attn/block_sparsity_layer1,train/loss,val/loss\n"
+        "0,100,10.0,1.5,0.1,0.0,0.2,5.0,\n"
+        "1,300,30.0,2.5,0.3,0.25,0.35,4.0,\n"
+        "2,200,20.0,2.0,,,,3.0,3.5\n")
+    text = build_report([tmp_path / "entmax_run"], [], tmp_path / "r.md").read_text()
+    # median tokens/s and step ms, max peak memory, last logged sparsity, last train loss, best val loss
+    assert "| entmax_run | 200 | 20.0 | 2.50 | 0.300 | 2 | 3.000 | 3.500 |" in text
+    assert "| run | statistic | layer 0 | layer 1 |" in text
+    assert "| entmax_run | block_sparsity | 0.250 | 0.350 |" in text
