@@ -232,10 +232,9 @@ class GPT(nn.Module):
         # batch size is implied by the first call; the argument documents intent for callers
         return KVCache(self.config.n_layer)
 
-    def forward(self, idx, targets=None, doc_ids=None, cache: KVCache | None = None, last_only: bool = False):
-        """Logits (B, T, vocab) and the mean next-token loss when `targets` is given. `last_only=True`
-        returns only the last position's logits (B, 1, vocab): a long decode prefill then never holds
-        the full (T, vocab) tensor."""
+    def hidden_states(self, idx, doc_ids=None, cache: KVCache | None = None):
+        """The last block's output (B, T, d_model), before the final norm: callers that need the
+        logits of a few positions only (evals) apply `logits` to those."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq_len) token ids, got shape {tuple(idx.shape)}")
         if doc_ids is not None and cache is not None:
@@ -243,11 +242,19 @@ class GPT(nn.Module):
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, self.rotary, doc_ids, cache)
-        if last_only:
-            if targets is not None:
-                raise ValueError("last_only=True returns one position; it cannot compute a loss over targets")
-            x = x[:, -1:]
-        logits = self.lm_head(self.norm(x))
+        return x
+
+    def logits(self, hidden):
+        return self.lm_head(self.norm(hidden))
+
+    def forward(self, idx, targets=None, doc_ids=None, cache: KVCache | None = None, last_only: bool = False):
+        """Logits (B, T, vocab) and the mean next-token loss when `targets` is given. `last_only=True`
+        returns only the last position's logits (B, 1, vocab): a long decode prefill then never holds
+        the full (T, vocab) tensor."""
+        if last_only and targets is not None:
+            raise ValueError("last_only=True returns one position; it cannot compute a loss over targets")
+        x = self.hidden_states(idx, doc_ids, cache)
+        logits = self.logits(x[:, -1:] if last_only else x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

@@ -191,10 +191,6 @@ def build_samples(tokenizer, filler_tokens, task: str, length: int, num_samples:
 # ---------------------------------------------------------------------------- scoring
 
 
-def _uses_gpt_layout(model) -> bool:
-    return all(hasattr(model, name) for name in ("embed", "blocks", "norm", "lm_head", "rotary"))
-
-
 @torch.no_grad()
 def answer_predictions(model, tokens: torch.Tensor, answer_lengths: Sequence[int],
                        chunk: int = LOGITS_CHUNK) -> list[torch.Tensor]:
@@ -202,21 +198,19 @@ def answer_predictions(model, tokens: torch.Tensor, answer_lengths: Sequence[int
     positions just before them), from one causal forward over ``tokens`` (B, T).
 
     On the repository's GPT the forward stops at the hidden states and only the needed positions go
-    through the final norm and the head, ``chunk`` at a time; any other model is called as
-    ``model(tokens)`` and its logits are sliced.
+    through ``model.logits`` (final norm and head), ``chunk`` at a time; any other model is called
+    as ``model(tokens)`` and its logits are sliced.
     """
     B, T = tokens.shape
     if len(answer_lengths) != B or any(not 1 <= n < T for n in answer_lengths):
         raise ValueError(f"answer lengths {list(answer_lengths)} must be in [1, {T}) for each of {B} rows")
-    if not _uses_gpt_layout(model):
+    if not hasattr(model, "hidden_states"):
         logits, _ = model(tokens)
         return [logits[b, T - 1 - n:T - 1].argmax(-1).cpu() for b, n in enumerate(answer_lengths)]
-    hidden = model.embed(tokens)
-    for block in model.blocks:
-        hidden = block(hidden, model.rotary)
+    hidden = model.hidden_states(tokens)
     predictions = []
     for b, n in enumerate(answer_lengths):
-        pieces = [model.lm_head(model.norm(hidden[b, start:min(start + chunk, T - 1)])).argmax(-1).cpu()
+        pieces = [model.logits(hidden[b, start:min(start + chunk, T - 1)]).argmax(-1).cpu()
                   for start in range(T - 1 - n, T - 1, chunk)]
         predictions.append(torch.cat(pieces))
     return predictions
