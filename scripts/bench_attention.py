@@ -453,6 +453,17 @@ def write_json(rows: list[BenchRow], path: str | Path, meta: dict) -> None:
     path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
 
 
+def read_json(paths) -> tuple[list[BenchRow], list[dict]]:
+    """Rows and environments of earlier --json files (one GPU call per case fits the time limits
+    better; this joins them into one table and plot)."""
+    rows, metas = [], []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        metas.append(data.get("meta", {}))
+        rows += [BenchRow(**row) for row in data["rows"]]
+    return rows, metas
+
+
 def plot_rows(rows: list[BenchRow], path: str | Path, title: str = "") -> None:
     """Time vs N per method: one row of panels (fwd, fwd+bwd) per (D, regime), log-log axes."""
     import matplotlib
@@ -542,6 +553,8 @@ def parse_args(argv=None):
     p.add_argument("--qk-file", action="append", default=[], help="torch.save'd dict of q, k[, v] (repeatable)")
     p.add_argument("--decode", type=int, metavar="M",
                    help="decode-style forward: the last M queries against all N keys, non-causal, no backward")
+    p.add_argument("--from-json", nargs="+", metavar="FILE",
+                   help="no measuring: print the table (and --plot) of rows saved by earlier --json runs")
     p.add_argument("--json", help="write rows and environment to this JSON file")
     p.add_argument("--plot", help="write a time-vs-N plot (PNG) to this path")
     p.add_argument("--calibrate", action="store_true", help="search the temperature for --target and exit")
@@ -608,6 +621,14 @@ def run_calibration(args, ours) -> None:
 
 def main(argv=None) -> list[BenchRow]:
     args = parse_args(argv)
+    if args.from_json:
+        rows, metas = read_json(args.from_json)
+        devices = sorted({m.get("device", "?") for m in metas})
+        print(f"# {len(rows)} rows from {len(args.from_json)} file(s), measured on {', '.join(devices)}")
+        print(format_table(rows))
+        if args.plot:
+            plot_rows(rows, args.plot, title=", ".join(devices))
+        return rows
     if args.calibrate:
         # On the CPU the reference measures; the Triton kernel's stats are used only under CUDA.
         ours = _available_methods(["ours"])["ours"] if torch.cuda.is_available() else None

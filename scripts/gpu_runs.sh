@@ -2,9 +2,12 @@
 # The GPU runs behind docs/benchmarks.md (training throughput, kernel tests) and docs/report_8k.md
 # (the 8k evaluation sweep). Run from the repository root on a CUDA machine; stages as arguments:
 #   setup      offline GPU image: install carried wheels (.whl/), point tiktoken at the carried BPE file
+#              and Triton's compile cache at .cache/triton (carry .cache; bring .cache/triton back in $OUT)
 #   train8k    softmax_8k and entmax_8k (Triton) for $STEPS steps each, bf16, one GPU
 #   track      entmax_8k with the Triton kernels vs the exact reference backend: the first steps' losses
 #   eval8k     RULER + needle sweep over both 8k checkpoints at 4k/8k/16k, then the report
+#   bench      scripts/bench_attention.py, one process per (N, D) (env BENCH_SEQLENS, BENCH_HEAD_DIMS,
+#              BENCH_REGIMES, BENCH_TIMEOUT), then one table and plot under $ADASPLASH_RUNS/bench
 #   summary    tokens/s and final losses of every run under $ADASPLASH_RUNS as a markdown table
 # Source it (`. scripts/gpu_runs.sh setup`) so the environment set by `setup` stays.
 set -eo pipefail
@@ -19,6 +22,9 @@ setup() {
     export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
   fi
   [ -d .cache/tiktoken ] && export TIKTOKEN_CACHE_DIR=$PWD/.cache/tiktoken
+  # Compiled Triton kernels (ours, adasplash's autotuned ones) persist here: tar .cache/triton into $OUT
+  # at the end of a call and unpack it locally, and the next fresh machine skips minutes of compiling.
+  export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.cache/triton}
   [ -d .cache/haystack/PaulGrahamEssays ] && export ADASPLASH_HAYSTACK_DIR=$PWD/.cache/haystack/PaulGrahamEssays
   export ADASPLASH_CACHE=${ADASPLASH_CACHE:-/tmp/adasplash_cache}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -48,6 +54,22 @@ eval8k() {
     results_file=$ADASPLASH_RUNS/eval8k_results.jsonl
   "$py" -m evals.report runs=[$ADASPLASH_RUNS/entmax_8k,$ADASPLASH_RUNS/softmax_8k] \
     results=[$ADASPLASH_RUNS/eval8k_results.jsonl] out=$ADASPLASH_RUNS/report_8k.md
+}
+
+bench() {
+  # one process per (N, D) so that a slow case (compilation, autotuning) cannot take the others with
+  # it; each under $BENCH_TIMEOUT seconds; then one table and plot from the saved rows
+  local n d files=()
+  for d in ${BENCH_HEAD_DIMS:-64 128}; do
+    for n in ${BENCH_SEQLENS:-4096 8192 16384 32768}; do
+      timeout "${BENCH_TIMEOUT:-240}" "$py" -m scripts.bench_attention --seqlens "$n" --head-dims "$d" \
+        --regimes ${BENCH_REGIMES:-trained long sparse} --json "$ADASPLASH_RUNS/bench/n${n}_d${d}.json" \
+        || echo "bench N=$n D=$d: exit $?"
+      [ -f "$ADASPLASH_RUNS/bench/n${n}_d${d}.json" ] && files+=("$ADASPLASH_RUNS/bench/n${n}_d${d}.json")
+    done
+  done
+  if [ ${#files[@]} -eq 0 ]; then echo "bench: no case finished"; return 1; fi
+  "$py" -m scripts.bench_attention --from-json "${files[@]}" --plot "$ADASPLASH_RUNS/bench/time_vs_n.png"
 }
 
 summary() {

@@ -254,3 +254,17 @@ def test_decode_mode_methods(bench, monkeypatch):
     rows = bench.bench_case({"flash": lambda *t: None}, last, k, v, 64, 16, "trained, decode 3q", (None, ""),
                             n_sets=1, backward=False)
     assert (rows[0].fwd_ms, rows[0].fwd_bwd_ms, rows[0].peak_mib) == (1.0, None, 3.0)
+
+
+def test_from_json_joins_saved_runs(bench, tmp_path, capsys):
+    def saved(name, n, fwd):
+        row = bench.BenchRow("ours", n, 64, "trained", block_sparsity=0.5, fwd_ms=fwd, fwd_bwd_ms=2 * fwd)
+        bench.write_json([row], tmp_path / name, {"device": "GPU X"})
+        return str(tmp_path / name)
+
+    files = [saved("a.json", 4096, 1.0), saved("b.json", 8192, 3.0)]
+    rows = bench.main(["--from-json", *files, "--plot", str(tmp_path / "p.png")])
+    assert [(r.n, r.fwd_ms, r.fwd_bwd_ms) for r in rows] == [(4096, 1.0, 2.0), (8192, 3.0, 6.0)]
+    out = capsys.readouterr().out
+    assert "measured on GPU X" in out and "| ours | 8192 | 64 | trained | 50.0% | 3.000 | 6.000 |" in out
+    assert (tmp_path / "p.png").stat().st_size > 0
