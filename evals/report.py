@@ -174,7 +174,7 @@ def length_label(length: int, train_length: int | None) -> str:
 def ruler_table(rows: list[dict[str, Any]], run: str, train_length: int | None) -> tuple[list[str], list[list[str]]]:
     """Task x length table of one run, with the average over tasks as the last row (only where the
     run has a score for every task that any run in ``rows`` ran)."""
-    every_task = ruler_tasks(rows)
+    every_task = subtasks(rows, "ruler")
     mine = [r for r in rows if r.get("run") == run and r.get("task") == "ruler" and r.get("length") is not None]
     lengths = sorted({int(r["length"]) for r in mine})
     tasks = list(dict.fromkeys(r["subtask"] for r in mine))
@@ -186,20 +186,29 @@ def ruler_table(rows: list[dict[str, Any]], run: str, train_length: int | None) 
     return ["task"] + [length_label(length, train_length) for length in lengths], body
 
 
-def ruler_tasks(rows: list[dict[str, Any]]) -> set[str]:
-    return {r["subtask"] for r in rows if r.get("task") == "ruler" and r.get("subtask")}
+def subtasks(rows: list[dict[str, Any]], task: str) -> set[str]:
+    """Every subtask of ``task`` that these rows ran (at any length, failed ones included)."""
+    return {r["subtask"] for r in rows if r.get("task") == task and r.get("subtask")}
 
 
-def ruler_average(rows: list[dict[str, Any]], length: int, tasks: set[str] | None = None) -> float | None:
-    """Mean over ``tasks`` (default: every RULER task these rows ran, at any length); None when one of
-    them has no score at this length (failed or not run), so every average covers the same tasks.
-    A report passes the tasks of all its runs, so runs are compared over the same set too."""
-    ruler = [r for r in rows if r.get("task") == "ruler"]
-    tasks = ruler_tasks(ruler) if tasks is None else set(tasks)
-    scores = {r["subtask"]: r["score"] for r in ruler if int(r["length"]) == length and r.get("score") is not None}
+def task_average(rows: list[dict[str, Any]], task: str, length: int, tasks: set[str] | None = None,
+                 metric: str | None = None) -> float | None:
+    """Mean score of ``task`` (rows of ``metric`` only, when given) over the subtasks ``tasks``
+    (default: every subtask these rows ran, at any length); None when one of them has no score at
+    this length (failed or not run), so every average covers the same subtasks. A report passes the
+    subtasks of all its runs, so runs are compared over the same set too."""
+    mine = [r for r in rows if r.get("task") == task]
+    tasks = subtasks(mine, task) if tasks is None else set(tasks)
+    scores = {r["subtask"]: r["score"] for r in mine if (metric is None or r.get("metric") == metric)
+              and r.get("length") is not None and int(r["length"]) == length and r.get("score") is not None}
     if not tasks or set(scores) != tasks:
         return None
     return sum(scores.values()) / len(scores)
+
+
+def ruler_average(rows: list[dict[str, Any]], length: int, tasks: set[str] | None = None) -> float | None:
+    """The RULER average at ``length`` (see ``task_average``)."""
+    return task_average(rows, "ruler", length, tasks)
 
 
 def needle_average(rows: list[dict[str, Any]], length: int) -> float | None:
@@ -210,7 +219,8 @@ def needle_average(rows: list[dict[str, Any]], length: int) -> float | None:
 
 def synthetic_table(rows: list[dict[str, Any]], run: str, train_length: int | None) -> tuple[list[str], list[list[str]]]:
     """Task x length table of one run's synthetic results: exact match, token accuracy in
-    parentheses; the last row averages over tasks."""
+    parentheses; the last row averages over the tasks that any run in ``rows`` ran, as for RULER."""
+    every_task = subtasks(rows, "synthetic")
     mine = [r for r in rows if r.get("run") == run and r.get("task") == "synthetic" and r.get("length") is not None]
     lengths = sorted({int(r["length"]) for r in mine})
     tasks = list(dict.fromkeys(r["subtask"] for r in mine))
@@ -227,32 +237,29 @@ def synthetic_table(rows: list[dict[str, Any]], run: str, train_length: int | No
         return both(exact.get("score"), tokens.get("score") if tokens else None)
 
     body = [[task] + [text(task, length) for length in lengths] for task in tasks]
-    body.append(["**average**"] + [both(synthetic_average(mine, length), synthetic_average(mine, length, "token_accuracy"))
+    body.append(["**average**"] + [both(synthetic_average(mine, length, tasks=every_task),
+                                        synthetic_average(mine, length, "token_accuracy", every_task))
                                    for length in lengths])
     return ["task"] + [length_label(length, train_length) for length in lengths], body
 
 
-def synthetic_average(rows: list[dict[str, Any]], length: int, metric: str = SYNTHETIC_METRIC) -> float | None:
-    """Mean ``metric`` over every synthetic task these rows ran (at any length); None when a task
-    has no score at this length, as for the RULER average."""
-    synthetic = [r for r in rows if r.get("task") == "synthetic"]
-    tasks = {r["subtask"] for r in synthetic}
-    scores = {r["subtask"]: r["score"] for r in synthetic if r.get("metric") == metric
-              and int(r["length"]) == length and r.get("score") is not None}
-    if not tasks or set(scores) != tasks:
-        return None
-    return sum(scores.values()) / len(scores)
+def synthetic_average(rows: list[dict[str, Any]], length: int, metric: str = SYNTHETIC_METRIC,
+                      tasks: set[str] | None = None) -> float | None:
+    """The synthetic tasks' mean ``metric`` at ``length`` (see ``task_average``)."""
+    return task_average(rows, "synthetic", length, tasks, metric)
 
 
 def attention_difference(rows: list[dict[str, Any]], first: str = "entmax", second: str = "softmax"):
     """Per length: mean score of ``first``-attention runs, of ``second`` ones, and the difference,
     for the RULER average, the needle grid average and the synthetic average (exact match)."""
     attention = attention_of(rows)
-    every_task = ruler_tasks(rows)  # every run is averaged over the same RULER tasks
+    # every run is averaged over the same RULER tasks, and the same synthetic ones
+    ruler_set, synthetic_set = subtasks(rows, "ruler"), subtasks(rows, "synthetic")
     table = []
-    for task, kind, average in (("RULER avg", "ruler", lambda r, n: ruler_average(r, n, every_task)),
+    for task, kind, average in (("RULER avg", "ruler", lambda r, n: ruler_average(r, n, ruler_set)),
                                 ("needle avg", "niah", needle_average),
-                                ("synthetic avg", "synthetic", synthetic_average)):
+                                ("synthetic avg", "synthetic",
+                                 lambda r, n: synthetic_average(r, n, tasks=synthetic_set))):
         lengths = sorted({int(r["length"]) for r in rows if r.get("task") == kind and r.get("length") is not None})
         for length in lengths:
             means = []

@@ -220,3 +220,20 @@ def test_report_shows_synthetic_section(tmp_path):
     assert "| copy | 80.0 (90.0) | error |" in text and "| **average** | 80.0 (90.0) | – |" in text
     assert "| synthetic avg | 2048† |" not in text
     assert "No synthetic results." in build_report([], [], tmp_path / "empty.md").read_text()
+
+
+def test_synthetic_averages_cover_the_same_tasks_for_every_run(tmp_path):
+    """A run that ran fewer synthetic tasks gets no average, and no entmax - softmax row, as for RULER."""
+    rows = [{"run": run, "attention": attention, "train_length": 1024, "task": "synthetic", "subtask": task,
+             "length": 1024, "metric": metric, "score": score, "filler": "val:x", "error": None}
+            for run, attention, task, score in [("s", "softmax", "kv_retrieval", 10.0), ("s", "softmax", "copy", 30.0),
+                                                ("e", "entmax", "kv_retrieval", 50.0)]
+            for metric in ("exact_match", "token_accuracy")]
+    results_file = tmp_path / "results.jsonl"
+    results_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = build_report([], [results_file], tmp_path / "r.md").read_text()
+    section = text.split("## Synthetic retrieval (in-distribution)")[1].split("## entmax")[0]
+    softmax, entmax = section.split("### s")[1], section.split("### e")[1].split("### s")[0]
+    assert "| **average** | 20.0 (20.0) |" in softmax
+    assert "| kv_retrieval | 50.0 (50.0) |" in entmax and "| **average** | – |" in entmax
+    assert "| synthetic avg |" not in text
