@@ -59,13 +59,15 @@ eval8k() {
 bench() {
   # one process per (N, D) so that a slow case (compilation, autotuning) cannot take the others with
   # it; each under $BENCH_TIMEOUT seconds; then one table and plot from the saved rows
-  local n d files=()
+  local n d json files=()
   for d in ${BENCH_HEAD_DIMS:-64 128}; do
     for n in ${BENCH_SEQLENS:-4096 8192 16384 32768}; do
+      json="$ADASPLASH_RUNS/bench/n${n}_d${d}.json"
+      rm -f "$json"  # a case cut by the timeout writes no file; an older run's must not stand in for it
       timeout "${BENCH_TIMEOUT:-240}" "$py" -m scripts.bench_attention --seqlens "$n" --head-dims "$d" \
-        --regimes ${BENCH_REGIMES:-trained long sparse} --json "$ADASPLASH_RUNS/bench/n${n}_d${d}.json" \
+        --regimes ${BENCH_REGIMES:-trained long sparse} --json "$json" \
         || echo "bench N=$n D=$d: exit $?"
-      [ -f "$ADASPLASH_RUNS/bench/n${n}_d${d}.json" ] && files+=("$ADASPLASH_RUNS/bench/n${n}_d${d}.json")
+      [ -f "$json" ] && files+=("$json")
     done
   done
   if [ ${#files[@]} -eq 0 ]; then echo "bench: no case finished"; return 1; fi
