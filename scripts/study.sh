@@ -21,7 +21,9 @@ steps=${STUDY_STEPS:-1000}
 lengths=${STUDY_LENGTHS:-[4096,8192,16384]}
 samples=${STUDY_SAMPLES:-10}
 needle_samples=${STUDY_NEEDLE_SAMPLES:-2}
-needle_depths=${STUDY_NEEDLE_DEPTHS:+niah.depths=$STUDY_NEEDLE_DEPTHS}
+# an array, so that a depth list is one argument (no word splitting, no [..] glob matching files)
+needle_depths=()
+[ -n "${STUDY_NEEDLE_DEPTHS:-}" ] && needle_depths=("niah.depths=$STUDY_NEEDLE_DEPTHS")
 synthetic_samples=${STUDY_SYNTHETIC_SAMPLES:-20}
 root=${ADASPLASH_RUNS:-runs}
 methods=${STUDY_METHODS:-softmax entmax hierarchical}
@@ -44,7 +46,7 @@ evaluate() {
     local marker="$run/.study_eval_${task}_done"
     [ -f "$marker" ] && { echo "eval_$1 $task: done before"; continue; }
     "$python" -m evals ckpt="$run" name="$1" task="$task" lengths="$lengths" \
-      ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" $needle_depths \
+      ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" ${needle_depths[@]+"${needle_depths[@]}"} \
       synthetic.num_samples="$synthetic_samples" batch_size=1 progress=false \
       results_file="$results" && touch "$marker"
   done
@@ -65,7 +67,7 @@ make_report() {
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_NEEDLE_SAMPLES=$needle_samples${STUDY_NEEDLE_DEPTHS:+ STUDY_NEEDLE_DEPTHS=$STUDY_NEEDLE_DEPTHS} STUDY_SYNTHETIC_SAMPLES=$synthetic_samples STUDY_METHODS=\"$methods\" scripts/study.sh\`"
     echo "- training: \`python -m adasplash_train experiment=study attention=<method> run_name=study_<method> trainer.max_steps=$steps ckpt_path=auto\`"
-    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler|synthetic lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples $needle_depths synthetic.num_samples=$synthetic_samples batch_size=1\`"
+    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler|synthetic lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples${STUDY_NEEDLE_DEPTHS:+ niah.depths=$STUDY_NEEDLE_DEPTHS} synthetic.num_samples=$synthetic_samples batch_size=1\`"
   } >> "$report"
 }
 
