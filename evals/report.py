@@ -386,8 +386,9 @@ def _sparsity_section(logs) -> list[str]:
     if not body:
         return lines + ["No per-layer attention statistics in the training logs (softmax runs log none).", ""]
     return lines + ["Last logged value per layer: `block_sparsity` is the fraction of (query tile, key tile) "
-                    "blocks whose entmax probabilities are all zero; `selected_block_fraction` is the share of "
-                    "key blocks the block-selection methods attend.", ""] + _table(header, body)
+                    "blocks the attention kernel can skip (entmax: all probabilities zero; block-selection "
+                    "methods: no query of the tile selected the key block); `selected_block_fraction` is the "
+                    "share of visible key blocks the block-selection methods attend.", ""] + _table(header, body)
 
 
 def _ruler_section(rows) -> list[str]:
