@@ -249,6 +249,17 @@ def test_decode_mode_methods(bench, monkeypatch):
     expected = torch.softmax(last.double() @ k.double().transpose(-1, -2) / 4.0, dim=-1) @ v.double()
     assert (out.double() - expected).abs().max() < 1e-5  # all 64 keys, no causal mask
 
+    # the block methods decode non-causally on their PyTorch path: with top_k (16) >= the 4 key
+    # blocks, top-k selects every block and equals dense attention of the last queries to all keys
+    q4, k4, v4 = bench.make_qkv(256, 16, 0.5, seed=1, heads=2)
+    last4 = q4[:, :, -3:]
+    dense = torch.softmax(last4.double() @ k4.double().transpose(-1, -2) / 4.0, dim=-1) @ v4.double()
+    assert (bench.build_method("topk_blocks", decode=True)(last4, k4, v4).double() - dense).abs().max() < 1e-5
+    hierarchical = bench.build_method("hierarchical", decode=True)(last4, k4, v4)
+    assert hierarchical.shape == last4.shape and torch.isfinite(hierarchical).all()
+    with pytest.raises(ValueError, match="Nq == Nk"):  # the training (causal) build cannot decode
+        bench.build_method("topk_blocks")(last4, k4, v4)
+
     monkeypatch.setattr(bench, "time_ms", lambda attention, sets, backward: 2.0 if backward else 1.0)
     monkeypatch.setattr(bench, "peak_mib", lambda attention, inputs, backward: 7.0 if backward else 3.0)
     rows = bench.bench_case({"flash": lambda *t: None}, last, k, v, 64, 16, "trained, decode 3q", (None, ""),
