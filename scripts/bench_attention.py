@@ -569,6 +569,9 @@ def parse_args(argv=None):
     for n in args.seqlens:
         if n < 1:
             p.error(f"--seqlens must be positive, got {n}")
+    # q[..., -M:, :] with M = 0 would be every query, and M > N would be N queries, both under a "decode Mq" label
+    if args.decode is not None and not 1 <= args.decode <= min(args.seqlens):
+        p.error(f"--decode must be between 1 and the shortest --seqlens ({min(args.seqlens)}), got {args.decode}")
     return args
 
 

@@ -243,6 +243,10 @@ def test_decode_mode_methods(bench, monkeypatch):
     for name in ("ours", "adasplash"):
         with pytest.raises(bench.MethodUnavailable, match="as many queries as keys"):
             bench.build_method(name, decode=True)
+    assert bench.parse_args(["--decode", "16", "--seqlens", "16", "64"]).decode == 16
+    for bad in ("0", "17"):  # no queries (q[..., -0:] is all of them), more queries than keys
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--decode", bad, "--seqlens", "16", "64"])
     q, k, v = bench.make_qkv(64, 16, 0.5, seed=1, heads=2)
     last = q[:, :, -3:]
     out = bench.build_method("sdpa_flash", decode=True)(last, k, v)
