@@ -40,7 +40,7 @@ train() {
 }
 
 evaluate() {
-  local run="$root/study_$1" task
+  local run="$root/study_$1" task failed=0
   [ -d "$run/checkpoints" ] || { echo "skip eval_$1: $run has no checkpoints"; return 0; }
   for task in niah ruler synthetic; do
     local marker="$run/.study_eval_${task}_done"
@@ -48,8 +48,10 @@ evaluate() {
     "$python" -m evals ckpt="$run" name="$1" task="$task" lengths="$lengths" \
       ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" ${needle_depths[@]+"${needle_depths[@]}"} \
       synthetic.num_samples="$synthetic_samples" batch_size=1 progress=false \
-      results_file="$results" && touch "$marker"
+      results_file="$results" && touch "$marker" \
+      || { echo "eval_$1 $task failed (no marker: it runs again next time); the other tasks go on" >&2; failed=1; }
   done
+  return "$failed"
 }
 
 make_report() {
@@ -77,12 +79,17 @@ if [ ${#stages[@]} -eq 0 ]; then
   for m in $methods; do stages+=("eval_$m"); done
   stages+=(report)
 fi
+failed_stages=()
 for stage in "${stages[@]}"; do
   echo "== $stage"
   case "$stage" in
     train_*) train "${stage#train_}" ;;
-    eval_*) evaluate "${stage#eval_}" ;;
+    eval_*) evaluate "${stage#eval_}" || failed_stages+=("$stage") ;;
     report) make_report ;;
     *) echo "unknown stage $stage (train_<method>, eval_<method>, report)" >&2; exit 2 ;;
   esac
 done
+if [ ${#failed_stages[@]} -gt 0 ]; then
+  echo "incomplete: ${failed_stages[*]} (rerun them; finished evaluations are skipped)" >&2
+  exit 1
+fi
