@@ -13,7 +13,9 @@
 # STUDY_SAMPLES (RULER samples per task and length, default 10), STUDY_NEEDLE_SAMPLES (needle samples
 # per length x depth cell, default 2), STUDY_NEEDLE_DEPTHS (default: the eval config's 11 depths,
 # e.g. [0,25,50,75,100]), STUDY_SYNTHETIC_SAMPLES (synthetic samples per task and length, default 20),
-# ADASPLASH_RUNS (default runs),
+# STUDY_SEEDS (training seeds, default 1337, the experiment's; e.g. "1337 1 2": each method is trained and
+# evaluated once per seed, runs/study_<method> for 1337 and runs/study_<method>_seed<S> for the others;
+# the report's entmax - softmax table averages over seeds), ADASPLASH_RUNS (default runs),
 # STUDY_REPORT (default docs/results.md).
 set -euo pipefail
 
@@ -25,6 +27,7 @@ needle_samples=${STUDY_NEEDLE_SAMPLES:-2}
 needle_depths=()
 [ -n "${STUDY_NEEDLE_DEPTHS:-}" ] && needle_depths=("niah.depths=$STUDY_NEEDLE_DEPTHS")
 synthetic_samples=${STUDY_SYNTHETIC_SAMPLES:-20}
+seeds=${STUDY_SEEDS:-1337}
 root=${ADASPLASH_RUNS:-runs}
 methods=${STUDY_METHODS:-softmax entmax hierarchical}
 report=${STUDY_REPORT:-docs/results.md}
@@ -33,30 +36,46 @@ python=${PYTHON:-python}
 
 have_attention() { [ -f "configs/attention/$1.yaml" ]; }
 
+# label of one (method, seed) run; its folder is $root/study_<label>
+label() { if [ "$2" = 1337 ]; then echo "$1"; else echo "$1_seed$2"; fi; }
+
 train() {
   have_attention "$1" || { echo "skip train_$1: no configs/attention/$1.yaml"; return 0; }
-  "$python" -m adasplash_train experiment=study attention="$1" run_name="study_$1" \
-    trainer.max_steps="$steps" ckpt_path=auto
+  local seed
+  for seed in $seeds; do
+    "$python" -m adasplash_train experiment=study attention="$1" seed="$seed" run_name="study_$(label "$1" "$seed")" \
+      trainer.max_steps="$steps" ckpt_path=auto
+  done
 }
 
 evaluate() {
+  local seed failed=0
+  for seed in $seeds; do evaluate_run "$(label "$1" "$seed")" || failed=1; done
+  return "$failed"
+}
+
+evaluate_run() {
   local run="$root/study_$1" task failed=0
-  [ -d "$run/checkpoints" ] || { echo "skip eval_$1: $run has no checkpoints"; return 0; }
+  [ -d "$run/checkpoints" ] || { echo "skip eval of $1: $run has no checkpoints"; return 0; }
   for task in niah ruler synthetic; do
     local marker="$run/.study_eval_${task}_done"
-    [ -f "$marker" ] && { echo "eval_$1 $task: done before"; continue; }
+    [ -f "$marker" ] && { echo "eval of $1, $task: done before"; continue; }
     "$python" -m evals ckpt="$run" name="$1" task="$task" lengths="$lengths" \
       ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" ${needle_depths[@]+"${needle_depths[@]}"} \
       synthetic.num_samples="$synthetic_samples" batch_size=1 progress=false \
       results_file="$results" && touch "$marker" \
-      || { echo "eval_$1 $task failed (no marker: it runs again next time); the other tasks go on" >&2; failed=1; }
+      || { echo "eval of $1, $task failed (no marker: it runs again next time); the other tasks go on" >&2; failed=1; }
   done
   return "$failed"
 }
 
 make_report() {
-  local runs=() m
-  for m in $methods; do [ -d "$root/study_$m" ] && runs+=("$root/study_$m"); done
+  local runs=() m seed
+  for m in $methods; do
+    for seed in $seeds; do
+      [ -d "$root/study_$(label "$m" "$seed")" ] && runs+=("$root/study_$(label "$m" "$seed")")
+    done
+  done
   local joined
   joined=$(IFS=,; echo "${runs[*]}")
   "$python" -m evals.report runs="[$joined]" results="[$results]" out="$report"
@@ -67,9 +86,9 @@ make_report() {
     echo "- card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo 'no GPU')"
     echo "- versions: $("$python" -c 'import torch, triton, lightning; print(f"torch {torch.__version__}, triton {triton.__version__}, lightning {lightning.__version__}")')"
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_NEEDLE_SAMPLES=$needle_samples${STUDY_NEEDLE_DEPTHS:+ STUDY_NEEDLE_DEPTHS=$STUDY_NEEDLE_DEPTHS} STUDY_SYNTHETIC_SAMPLES=$synthetic_samples STUDY_METHODS=\"$methods\" scripts/study.sh\`"
-    echo "- training: \`python -m adasplash_train experiment=study attention=<method> run_name=study_<method> trainer.max_steps=$steps ckpt_path=auto\`"
-    echo "- evaluation: \`python -m evals ckpt=$root/study_<method> task=niah|ruler|synthetic lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples${STUDY_NEEDLE_DEPTHS:+ niah.depths=$STUDY_NEEDLE_DEPTHS} synthetic.num_samples=$synthetic_samples batch_size=1\`"
+    echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_NEEDLE_SAMPLES=$needle_samples${STUDY_NEEDLE_DEPTHS:+ STUDY_NEEDLE_DEPTHS=$STUDY_NEEDLE_DEPTHS} STUDY_SYNTHETIC_SAMPLES=$synthetic_samples STUDY_SEEDS=\"$seeds\" STUDY_METHODS=\"$methods\" scripts/study.sh\`"
+    echo "- training: \`python -m adasplash_train experiment=study attention=<method> seed=<seed> run_name=study_<method>[_seed<seed>] trainer.max_steps=$steps ckpt_path=auto\`"
+    echo "- evaluation: \`python -m evals ckpt=$root/study_<method>[_seed<seed>] task=niah|ruler|synthetic lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples${STUDY_NEEDLE_DEPTHS:+ niah.depths=$STUDY_NEEDLE_DEPTHS} synthetic.num_samples=$synthetic_samples batch_size=1\`"
   } >> "$report"
 }
 
