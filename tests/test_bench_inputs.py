@@ -14,13 +14,7 @@ from kernels import reference
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attention.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are small: one intra-op thread avoids OpenMP overhead on busy CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,6 @@ from adasplash_train.data import tokenizers
 from adasplash_train.data.tokenizers import build_tokenizer, resolve_gpt2_bpe_file
 
 
-def _gpt2_file_or_skip():
-    try:
-        return resolve_gpt2_bpe_file()
-    except FileNotFoundError:
-        pytest.skip("no GPT-2 BPE file on this machine (pip install openai-whisper to run this test)")
-
-
-@pytest.fixture
-def gpt2_file():
-    return _gpt2_file_or_skip()
-
-
 @pytest.fixture
 def no_gpt2_sources(monkeypatch, tmp_path):
     """Hide every place the GPT-2 vocabulary could be found."""
@@ -29,8 +17,7 @@ def no_gpt2_sources(monkeypatch, tmp_path):
     monkeypatch.setattr(tokenizers, "packaged_bpe_file", lambda: None)
 
 
-def test_gpt2_encodes_hello_world_without_get_encoding(monkeypatch):
-    _gpt2_file_or_skip()
+def test_gpt2_encodes_hello_world_without_get_encoding(gpt2_file, monkeypatch):
 
     def forbidden(*args, **kwargs):
         raise AssertionError("tiktoken.get_encoding downloads; it must never be called")
@@ -42,16 +29,14 @@ def test_gpt2_encodes_hello_world_without_get_encoding(monkeypatch):
     assert (tok.eot_id, tok.vocab_size, tok.name) == (50256, 50257, "gpt2")
 
 
-def test_gpt2_treats_literal_endoftext_as_text():
-    _gpt2_file_or_skip()
+def test_gpt2_treats_literal_endoftext_as_text(gpt2_file):
     tok = build_tokenizer("gpt2")
     ids = tok.encode("a <|endoftext|> b")
     assert tok.eot_id not in ids
     assert tok.decode(ids) == "a <|endoftext|> b"
 
 
-def test_gpt2_spec_rebuilds_and_has_no_discovered_path():
-    _gpt2_file_or_skip()
+def test_gpt2_spec_rebuilds_and_has_no_discovered_path(gpt2_file):
     tok = build_tokenizer("gpt2")
     assert tok.spec() == {"name": "gpt2"}
     assert build_tokenizer(**tok.spec()).encode("def f(x):") == tok.encode("def f(x):")

@@ -23,6 +23,12 @@ ATTENTIONS = [
     {"name": "entmax", "backend": "torch", "alpha": 1.5},
     {"name": "entmax", "backend": "torch", "alpha": 2.0},
 ]
+# block-selection attentions (blocks of 8 keys: the 18-token prefill below ends inside a block)
+BLOCK_ATTENTIONS = [
+    {"name": "hierarchical", "backend": "torch", "alpha": 1.5, "block_size": 8},
+    {"name": "hierarchical", "backend": "torch", "alpha": 2.0, "block_size": 8},
+    {"name": "topk_blocks", "backend": "torch", "top_k": 2, "block_size": 8},
+]
 
 
 def dense_softmax(q, k, v, mask):
@@ -63,7 +69,7 @@ def test_packed_documents_equal_separate_runs(attention):
     assert torch.allclose(packed[:, cut:], second, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS, ids=lambda a: f"{a['name']}-{a['backend']}-{a.get('alpha', '')}")
+@pytest.mark.parametrize("attention", ATTENTIONS + BLOCK_ATTENTIONS, ids=lambda a: "-".join(map(str, a.values())))
 def test_kv_cache_decode_matches_full_forward(attention):
     model = tiny(attention)
     idx = torch.randint(0, 97, (2, 30))

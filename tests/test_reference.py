@@ -12,13 +12,7 @@ from kernels import reference as ref  # noqa: E402
 ALPHAS = [1.5, 2.0, 1.25]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are small: one intra-op thread avoids OpenMP overhead on busy CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def package_entmax(x, alpha, dim=-1):
