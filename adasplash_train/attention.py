@@ -229,24 +229,28 @@ def _check_block_size(block_size) -> int:
     return block_size
 
 
+def _block_selection(name: str, kernel: str, backend: str, **kernel_args) -> AttentionFn:
+    """Registry method `name`: kernels.hierarchical.<kernel> with its validated arguments bound."""
+    backend = _check_block_backend(backend, name)
+
+    def attend(q, k, v, *, causal=True, doc_ids=None, return_stats=False):
+        from kernels import hierarchical
+
+        _check_shapes(q, k, v, causal, doc_ids)
+        chosen = _choose_block_backend(backend, name, q, k)
+        return getattr(hierarchical, kernel)(q, k, v, causal=causal, doc_ids=doc_ids, return_stats=return_stats,
+                                             backend=chosen, **kernel_args)
+
+    attend.supports_stats = True
+    return attend
+
+
 @register("hierarchical")
 def hierarchical_entmax_attention(backend: str = "auto", alpha: float = 1.5, block_size: int = 64) -> AttentionFn:
     """alpha-entmax over mean-pooled key blocks picks a variable number of blocks per query; softmax
     attends over their tokens with the block weights as a prior (kernels/hierarchical.py)."""
-    alpha = _check_alpha(alpha)
-    block_size = _check_block_size(block_size)
-    backend = _check_block_backend(backend, "hierarchical")
-
-    def attend(q, k, v, *, causal=True, doc_ids=None, return_stats=False):
-        from kernels.hierarchical import hierarchical_attention
-
-        _check_shapes(q, k, v, causal, doc_ids)
-        chosen = _choose_block_backend(backend, "hierarchical", q, k)
-        return hierarchical_attention(q, k, v, alpha=alpha, block_size=block_size, causal=causal, doc_ids=doc_ids,
-                                      return_stats=return_stats, backend=chosen)
-
-    attend.supports_stats = True
-    return attend
+    return _block_selection("hierarchical", "hierarchical_attention", backend, alpha=_check_alpha(alpha),
+                            block_size=_check_block_size(block_size))
 
 
 @register("topk_blocks")
@@ -256,15 +260,4 @@ def topk_blocks_attention(backend: str = "auto", top_k: int = 16, block_size: in
     block_size = _check_block_size(block_size)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"attention.top_k={top_k!r} must be a positive int (distant key blocks per query)")
-    backend = _check_block_backend(backend, "topk_blocks")
-
-    def attend(q, k, v, *, causal=True, doc_ids=None, return_stats=False):
-        from kernels.hierarchical import topk_block_attention
-
-        _check_shapes(q, k, v, causal, doc_ids)
-        chosen = _choose_block_backend(backend, "topk_blocks", q, k)
-        return topk_block_attention(q, k, v, top_k=top_k, block_size=block_size, causal=causal, doc_ids=doc_ids,
-                                    return_stats=return_stats, backend=chosen)
-
-    attend.supports_stats = True
-    return attend
+    return _block_selection("topk_blocks", "topk_block_attention", backend, top_k=top_k, block_size=block_size)

@@ -397,11 +397,7 @@ def _ruler_section(rows) -> list[str]:
     if not runs:
         return lines + ["No RULER results.", ""]
     lines += ["Scores in percent (string_match_all / string_match_part, RULER's scoring).", ""]
-    trained = train_lengths(rows)
-    for run in runs:
-        header, body = ruler_table(rows, run, trained.get(run))
-        lines += [f"### {run}", ""] + _table(header, body)
-    return lines
+    return lines + _per_run_tables(rows, runs, ruler_table)
 
 
 def _synthetic_section(rows) -> list[str]:
@@ -417,9 +413,15 @@ def _synthetic_section(rows) -> list[str]:
     not_held_out = [f for f in fillers if not f.startswith("val:")]
     if not_held_out:
         lines += [f"Note: filler from {', '.join(not_held_out)} rather than the run's validation split.", ""]
+    return lines + _per_run_tables(rows, runs, synthetic_table)
+
+
+def _per_run_tables(rows, runs, make_table) -> list[str]:
+    """One `### run` table per run from make_table(rows, run, training length)."""
     trained = train_lengths(rows)
+    lines = []
     for run in runs:
-        header, body = synthetic_table(rows, run, trained.get(run))
+        header, body = make_table(rows, run, trained.get(run))
         lines += [f"### {run}", ""] + _table(header, body)
     return lines
 
