@@ -196,17 +196,19 @@ def _adasplash():
     return attention
 
 
-def _ours():
+def _ours(n_iter: int | None = None):
+    """Our kernel at alpha = 1.5; n_iter None is the library default (the "ours" row), an int gives
+    the "ours_n<K>" rows of --ours-n-iter, whose differences time one refinement pass each."""
     try:
         import kernels
-        kernel = kernels.entmax_attention
+        kernel = functools.partial(kernels.entmax_attention, alpha=1.5, causal=True, n_iter=n_iter)
     except (ImportError, AttributeError) as err:
         raise MethodUnavailable(f"kernels.entmax_attention unavailable ({err})") from err
 
     def attention(q, k, v):
-        return kernel(q, k, v, alpha=1.5, causal=True)
+        return kernel(q, k, v)
 
-    attention.with_stats = lambda q, k, v: kernel(q, k, v, alpha=1.5, causal=True, return_stats=True)
+    attention.with_stats = lambda q, k, v: kernel(q, k, v, return_stats=True)
     return attention
 
 
@@ -388,8 +390,9 @@ def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_
     return rows
 
 
-def add_ratios(rows: list[BenchRow], baselines=("sdpa_flash", "adasplash")) -> None:
-    """row.ratios["fwd/<base>"], ["fwd_bwd/<base>"]: time divided by the baseline's on the same case."""
+def add_ratios(rows: list[BenchRow], baselines=("sdpa_flash", "sdpa_cudnn", "adasplash")) -> None:
+    """row.ratios["fwd/<base>"], ["fwd_bwd/<base>"], ["peak/<base>"]: time (peak memory) divided by
+    the baseline's on the same case."""
     by_case = {}
     for row in rows:
         by_case.setdefault((row.n, row.d, row.regime), {})[row.method] = row
@@ -397,7 +400,7 @@ def add_ratios(rows: list[BenchRow], baselines=("sdpa_flash", "adasplash")) -> N
         case = by_case[(row.n, row.d, row.regime)]
         for base in baselines:
             ref_row = case.get(base)
-            for key, attr in (("fwd", "fwd_ms"), ("fwd_bwd", "fwd_bwd_ms")):
+            for key, attr in (("fwd", "fwd_ms"), ("fwd_bwd", "fwd_bwd_ms"), ("peak", "peak_mib")):
                 mine = getattr(row, attr)
                 theirs = getattr(ref_row, attr) if ref_row is not None else None
                 if mine is not None and theirs:
@@ -417,7 +420,7 @@ def format_table(rows: list[BenchRow]) -> str:
     """Markdown table, one row per (case, method); ratios are time / baseline time (lower is faster)."""
     header = (
         "| method | N | D | regime | block sparsity | fwd ms | fwd+bwd ms | peak MiB "
-        "| fwd x flash | f+b x flash | fwd x adasplash | f+b x adasplash | note |"
+        "| fwd x flash | f+b x flash | f+b x cuDNN | fwd x adasplash | f+b x adasplash | peak x flash | note |"
     )
     n_columns = header.count("|") - 1
     lines = [header, "|" + "---|" * n_columns]
@@ -427,8 +430,9 @@ def format_table(rows: list[BenchRow]) -> str:
             r.method, str(r.n), str(r.d), r.regime, sparsity,
             _fmt(r.fwd_ms, ".3f"), _fmt(r.fwd_bwd_ms, ".3f"), _fmt(r.peak_mib, ".0f"),
             _fmt(r.ratios.get("fwd/sdpa_flash"), ".2f"), _fmt(r.ratios.get("fwd_bwd/sdpa_flash"), ".2f"),
+            _fmt(r.ratios.get("fwd_bwd/sdpa_cudnn"), ".2f"),
             _fmt(r.ratios.get("fwd/adasplash"), ".2f"), _fmt(r.ratios.get("fwd_bwd/adasplash"), ".2f"),
-            r.note,
+            _fmt(r.ratios.get("peak/sdpa_flash"), ".2f"), r.note,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -546,6 +550,9 @@ def parse_args(argv=None):
     p.add_argument("--regimes", nargs="+", default=list(DEFAULT_REGIMES),
                    help="regime names (trained, long, sparse) or temperatures")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--ours-n-iter", type=int, nargs="+", default=[], metavar="K",
+                   help="also time our kernel with K refinement passes (rows ours_n<K>): the differences "
+                        "between K and K-1 are the cost of one pass")
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -572,6 +579,11 @@ def parse_args(argv=None):
     # q[..., -M:, :] with M = 0 would be every query, and M > N would be N queries, both under a "decode Mq" label
     if args.decode is not None and not 1 <= args.decode <= min(args.seqlens):
         p.error(f"--decode must be between 1 and the shortest --seqlens ({min(args.seqlens)}), got {args.decode}")
+    for n_iter in args.ours_n_iter:
+        if not 0 <= n_iter <= 10:
+            p.error(f"--ours-n-iter takes refinement passes between 0 and 10, got {n_iter}")
+    if args.ours_n_iter and args.decode is not None:
+        p.error("--ours-n-iter times our kernel, which needs as many queries as keys: drop --decode")
     return args
 
 
@@ -642,6 +654,8 @@ def main(argv=None) -> list[BenchRow]:
     decode = args.decode is not None
     methods = _available_methods(args.methods, decode=decode)
     ours = None if isinstance(methods.get("ours"), str) else methods.get("ours")
+    for n_iter in args.ours_n_iter:
+        methods[f"ours_n{n_iter}"] = _ours(n_iter) if ours is not None else "skipped: ours is unavailable"
 
     meta = environment() | {"dtype": "bfloat16", "causal": not decode, "batch": args.batch, "heads": args.heads,
                             "decode_queries": args.decode}

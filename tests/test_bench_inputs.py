@@ -133,6 +133,7 @@ def fake_rows(bench):
     for n, flash, ada, ours in ((4096, 1.0, 2.0, 0.5), (8192, 4.0, 4.0, 2.0)):
         for method, ms in (("sdpa_flash", flash), ("adasplash", ada), ("ours", ours)):
             rows.append(bench.BenchRow(method, n, 64, "trained", 0.6, "kernel", ms, 3 * ms, 100.0))
+    rows.append(bench.BenchRow("sdpa_cudnn", 8192, 64, "trained", 0.6, "kernel", 1.0, 5.0, 50.0))
     rows.append(bench.BenchRow("sdpa_cudnn", 4096, 64, "trained", 0.6, "kernel", note="out of memory"))
     return rows
 
@@ -143,12 +144,18 @@ def test_ratios_and_table(bench):
     ours_4k = rows[2]
     assert ours_4k.ratios["fwd/sdpa_flash"] == pytest.approx(0.5)
     assert ours_4k.ratios["fwd_bwd/adasplash"] == pytest.approx(0.25)
+    assert "fwd_bwd/sdpa_cudnn" not in ours_4k.ratios  # cuDNN ran out of memory at 4k
+    ours_8k = rows[5]
+    assert ours_8k.ratios["fwd_bwd/sdpa_cudnn"] == pytest.approx(6.0 / 5.0)
+    assert ours_8k.ratios["peak/sdpa_flash"] == pytest.approx(1.0)
+    assert rows[-2].ratios["peak/sdpa_flash"] == pytest.approx(0.5)
     assert rows[-1].ratios == {}
     table = bench.format_table(rows)
     lines = table.splitlines()
     assert len(lines) == 2 + len(rows)
     assert all(line.count("|") == lines[0].count("|") for line in lines)
-    assert "| ours | 4096 | 64 | trained | 60.0% | 0.500 | 1.500 | 100 | 0.50 | 0.50 | 0.25 | 0.25 |" in table
+    assert "| ours | 4096 | 64 | trained | 60.0% | 0.500 | 1.500 | 100 | 0.50 | 0.50 | - | 0.25 | 0.25 | 1.00 |" in table
+    assert "| ours | 8192 | 64 | trained | 60.0% | 2.000 | 6.000 | 100 | 0.50 | 0.50 | 1.20 | 0.50 | 0.50 | 1.00 |" in table
     assert "out of memory" in lines[-1]
 
 
@@ -176,6 +183,22 @@ def test_cli_parsing_and_cpu_behaviour(bench, capsys):
         bench.main(["--calibrate", "--target", "0.3", "--calib-n", "512", "--calib-d", "64", "--row-tiles", "4",
                     "--temp-range", "0.5", "4.0", "--heads", "2"])
         assert "temperature" in capsys.readouterr().out
+
+
+def test_ours_n_iter_rows(bench, kernels_runnable, gen):
+    """--ours-n-iter K times our kernel with K refinement passes: the callable passes K through."""
+    assert bench.parse_args(["--ours-n-iter", "0", "3"]).ours_n_iter == [0, 3]
+    for bad in (["--ours-n-iter", "-1"], ["--ours-n-iter", "11"], ["--ours-n-iter", "2", "--decode", "4"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+    import kernels
+
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=gen) for _ in range(3))
+    for n_iter in (0, 2):
+        expected = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True, n_iter=n_iter)
+        assert torch.equal(bench._ours(n_iter)(q, k, v), expected)
+    # zero passes leave tau at the histogram bracket's midpoint, which is not the default's output
+    assert not torch.equal(bench._ours(0)(q, k, v), bench._ours()(q, k, v))
 
 
 def test_unknown_method_and_missing_package(bench, monkeypatch):
