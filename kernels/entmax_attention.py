@@ -346,9 +346,7 @@ def _entmax_attention_fwd_kernel(
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
     n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
-    # A loop, not an unrolled static_range: three unrolled copies of the pass cost registers and
-    # made the third pass ~9x dearer than the second on an H200 (docs/kernels.md).
-    for _ in range(N_ITER):
+    for _ in tl.static_range(N_ITER):
         mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
                                               TileList_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
                                               BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
