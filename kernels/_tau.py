@@ -111,12 +111,15 @@ def histogram_rows(y_times_bins, NUM_BINS: tl.constexpr):
     tl.static_assert(NUM_BINS % 4 == 0, "NUM_BINS must be a multiple of 4")
     tl.static_assert(y_times_bins.shape[1] <= 255, "a tile row must have at most 255 columns")
     # floor() without a float-to-int conversion (a slow instruction): adding 1.5 * 2^23 rounds
-    # to an integer held in the low mantissa bits. Clamping first keeps -inf out and sends y = 1
-    # to the top bin; anything below y = 0 becomes a negative bin.
-    x = tl.minimum(tl.maximum(y_times_bins, -1.0), NUM_BINS - 0.5)
+    # to an integer held in the low mantissa bits. The upper clamp sends y = 1 to the top bin.
+    # No lower clamp is needed: y < 0 gives a float below 1.5 * 2^23, whose bits are below the
+    # offset (a negative bin); -inf and other negative floats have the sign bit set, and their
+    # difference (wrapping or not) can only be a bin in [0, NUM_BINS) for the bit patterns just
+    # above the offset, which are positive floats. Either way no word below matches.
+    x = tl.minimum(y_times_bins, NUM_BINS - 0.5)
     rounded = (x - 0.5) + 12582912.0
     bins = rounded.to(tl.int32, bitcast=True) - 0x4B400000
-    word_of_bin = tl.where(bins >= 0, bins >> 2, -1)
+    word_of_bin = bins >> 2  # arithmetic shift: negative bins stay negative
     one_in_counter = tl.full(bins.shape, 1, tl.int32) << ((bins & 3) << 3)
 
     bin_ids = tl.arange(0, NUM_BINS)

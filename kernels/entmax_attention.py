@@ -7,7 +7,7 @@ speed. In short, one program per (query tile, head) runs, in one launch:
 2. candidate tiles: a tile whose maximum is below min(m) - 1 holds only exact zeros, because
    tau >= m - 1 for every row; the others are compacted into a per-query-tile list;
 3. a histogram pass over the candidates: per-row counts of y = z - (m - 1) in [0, 1], which give
-   a bracket for tau one bin wide (kernels/_tau.py), and keep only tiles with some y >= 0;
+   a bracket for tau one bin wide (kernels/_tau.py);
 4. n_iter Halley passes over the listed tiles; after the histogram and after each step, tiles
    whose stored maximum is at or below every row's lower bound of tau (never above the final
    tau) are dropped, at no matrix-product cost;
@@ -227,10 +227,13 @@ def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
                     N, z_scale, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
-    """Histogram of y = z - shift over the listed tiles; keeps (in place) the tiles with y >= 0."""
+    """Per-row histogram of y = z - shift over the listed tiles.
+
+    The list is not pruned here: an exact per-tile test (some row with y >= 0) would cost a
+    cross-warp reduction per tile, and the caller's _drop_zero_tiles prunes from the stored tile
+    maxima right after, for free (measured, docs/kernels.md)."""
     shift_times_bins = shift * NUM_BINS
     counts = tl.zeros([BLOCK_M, NUM_BINS], dtype=tl.int32)
-    n_kept = 0
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -238,15 +241,8 @@ def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
         needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
                                       BLOCK_N)
         raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        tile_counts = _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
-        counts += tile_counts
-        # Exact candidates: some row has an entry with y >= 0, i.e. a counted entry.
-        keep = tl.sum(tl.sum(tile_counts, axis=1), axis=0) > 0
-        # In-place compaction: slot n_kept <= i was read already, later reads are at > i.
-        tl.store(TileList_row + n_kept, kt, mask=keep)
-        n_kept += keep.to(tl.int32)
-    tl.debug_barrier()
-    return counts, n_kept
+        counts += _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
+    return counts
 
 
 @triton.jit
@@ -340,9 +336,9 @@ def _entmax_attention_fwd_kernel(
     # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Padding rows get
     # shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
     shift = tl.where(row_max > float("-inf"), row_max - 1.0, float("inf"))
-    counts, n_list = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
-                                     TileList_row, n_list, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                                     NUM_BINS, DOT_PRECISION)
+    counts = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
+                             TileList_row, n_list, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                             NUM_BINS, DOT_PRECISION)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
     n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)

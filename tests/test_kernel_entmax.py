@@ -179,6 +179,9 @@ def test_histogram_counts_each_entry_in_its_bin(gen):
     y = torch.rand(16, 200, generator=gen) * 1.5 - 0.5  # a third below 0 (y <= 1 always: y = z - (max - 1))
     y[0, :3] = torch.tensor([0.0, 1.0, float("-inf")])
     y[1] = 1.0  # a whole row in the top bin: 200 > 128 would not fit one 8-bit counter per tile
+    # far below 0: the binning has no lower clamp, these must land in no bin (exact bin edges are
+    # left out: there the rounding may pick the lower bin, which the bracket allows)
+    y[2, :10] = torch.tensor([-3e38, -1e30, -2e7, -1.3e7, -1e6, -1.0, -1e-7, 0.03, 0.97, 0.51])
     y = y[:, :120]  # ... so keep a tile of at most 255 columns, as the kernels do
     counts = torch.zeros(16, NUM_BINS, dtype=torch.int32, device=DEVICE)
     _histogram_kernel[(1,)](y.to(DEVICE).contiguous(), counts, 120, BLOCK_C=128, NUM_BINS=NUM_BINS)
