@@ -9,6 +9,8 @@
 #   bench      scripts/bench_attention.py, one process per (N, D) (env BENCH_SEQLENS, BENCH_HEAD_DIMS,
 #              BENCH_REGIMES, BENCH_TIMEOUT), then one table and plot under $ADASPLASH_RUNS/bench
 #   summary    tokens/s and final losses of every run under $ADASPLASH_RUNS as a markdown table
+#   profile    Nsight Compute PC sampling of the fused entmax forward (8k, D 64, trained inputs), its
+#              share of stall samples per pass (scripts/ncu_phases.py) under $ADASPLASH_RUNS/profile
 # Source it (`. scripts/gpu_runs.sh setup`) so the environment set by `setup` stays.
 set -eo pipefail
 
@@ -72,6 +74,16 @@ bench() {
   done
   if [ ${#files[@]} -eq 0 ]; then echo "bench: no case finished"; return 1; fi
   "$py" -m scripts.bench_attention --from-json "${files[@]}" --plot "$ADASPLASH_RUNS/bench/time_vs_n.png"
+}
+
+profile() {
+  local dir="$ADASPLASH_RUNS/profile"
+  mkdir -p "$dir"
+  ncu --clock-control none --kernel-name regex:_entmax_attention_fwd --launch-skip 3 --launch-count 1 \
+    --section SourceCounters --import-source yes -f -o "$dir/fwd" \
+    "$py" -m scripts.bench_attention --seqlens ${PROFILE_SEQLEN:-8192} --head-dims 64 --regimes trained --methods ours
+  ncu -i "$dir/fwd.ncu-rep" --page source --csv --print-source cuda,sass > "$dir/fwd_source.csv"
+  "$py" scripts/ncu_phases.py "$dir/fwd_source.csv" | tee "$dir/phases.md"
 }
 
 summary() {
