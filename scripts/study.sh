@@ -54,6 +54,9 @@ evaluate() {
   return "$failed"
 }
 
+# synthetic.filler=val: the synthetic tasks must use the run's own held-out split (the token cache
+# that training wrote, under ADASPLASH_CACHE); without it the evaluation fails instead of silently
+# switching to the essay haystack, which is a different task.
 evaluate_run() {
   local run="$root/study_$1" task failed=0
   [ -d "$run/checkpoints" ] || { echo "skip eval of $1: $run has no checkpoints"; return 0; }
@@ -62,7 +65,7 @@ evaluate_run() {
     [ -f "$marker" ] && { echo "eval of $1, $task: done before"; continue; }
     "$python" -m evals ckpt="$run" name="$1" task="$task" lengths="$lengths" \
       ruler.num_samples="$samples" niah.samples_per_cell="$needle_samples" ${needle_depths[@]+"${needle_depths[@]}"} \
-      synthetic.num_samples="$synthetic_samples" batch_size=1 progress=false \
+      synthetic.num_samples="$synthetic_samples" synthetic.filler=val batch_size=1 progress=false \
       results_file="$results" && touch "$marker" \
       || { echo "eval of $1, $task failed (no marker: it runs again next time); the other tasks go on" >&2; failed=1; }
   done

@@ -32,6 +32,7 @@ def test_a_failed_evaluation_leaves_no_marker_and_the_stage_fails(tmp_path):
     assert done.returncode == 1 and "incomplete: eval_entmax" in done.stderr
     assert [c.split("task=")[1].split()[0] for c in calls] == ["niah", "ruler", "synthetic"]
     assert "niah.depths=[0,50,100]" in calls[0] and "synthetic.num_samples=3" in calls[2]
+    assert "synthetic.filler=val" in calls[2]  # the run's own held-out split, never a silent fallback
     run = tmp_path / "runs" / "study_entmax"
     assert sorted(p.name for p in run.glob(".study_eval_*")) == [".study_eval_niah_done", ".study_eval_synthetic_done"]
     assert "skip eval of softmax" in done.stdout  # no checkpoints: nothing to evaluate, not a failure
