@@ -7,7 +7,8 @@
 #   track      entmax_8k with the Triton kernels vs the exact reference backend: the first steps' losses
 #   eval8k     RULER + needle sweep over both 8k checkpoints at 4k/8k/16k, then the report
 #   bench      scripts/bench_attention.py, one process per (N, D) (env BENCH_SEQLENS, BENCH_HEAD_DIMS,
-#              BENCH_REGIMES, BENCH_TIMEOUT), then one table and plot under $ADASPLASH_RUNS/bench
+#              BENCH_REGIMES, BENCH_METHODS, BENCH_TIMEOUT), then one table and plot under
+#              $ADASPLASH_RUNS/bench (docs/benchmarks.md §1c: 32k at D 128 needs more than 300 s)
 #   summary    tokens/s and final losses of every run under $ADASPLASH_RUNS as a markdown table
 #   profile    Nsight Compute PC sampling of the fused entmax forward (8k, D 64, trained inputs), its
 #              share of stall samples per pass (scripts/ncu_phases.py) under $ADASPLASH_RUNS/profile
@@ -66,8 +67,9 @@ bench() {
     for n in ${BENCH_SEQLENS:-4096 8192 16384 32768}; do
       json="$ADASPLASH_RUNS/bench/n${n}_d${d}.json"
       rm -f "$json"  # a case cut by the timeout writes no file; an older run's must not stand in for it
-      timeout "${BENCH_TIMEOUT:-240}" "$py" -m scripts.bench_attention --seqlens "$n" --head-dims "$d" \
-        --regimes ${BENCH_REGIMES:-trained long sparse} --json "$json" \
+      timeout "${BENCH_TIMEOUT:-420}" "$py" -m scripts.bench_attention --seqlens "$n" --head-dims "$d" \
+        --regimes ${BENCH_REGIMES:-trained long sparse} --methods ${BENCH_METHODS:-sdpa_flash sdpa_cudnn adasplash ours} \
+        --json "$json" \
         || echo "bench N=$n D=$d: exit $?"
       [ -f "$json" ] && files+=("$json")
     done
