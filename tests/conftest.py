@@ -57,7 +57,8 @@ def poisoned_empty(monkeypatch):
 
 @pytest.fixture
 def gpt2_file():
-    """The offline GPT-2 BPE file, or a skip where no package ships it (openai-whisper, a dev dependency)."""
+    """The offline GPT-2 BPE file, or a skip where no package ships it (openai-whisper, a dependency that
+    the README install brings; a bare GPU image may lack it)."""
     from adasplash_train.data.tokenizers import resolve_gpt2_bpe_file
 
     try:
