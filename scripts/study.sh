@@ -91,7 +91,7 @@ make_report() {
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "- command: \`STUDY_STEPS=$steps STUDY_LENGTHS=$lengths STUDY_SAMPLES=$samples STUDY_NEEDLE_SAMPLES=$needle_samples${STUDY_NEEDLE_DEPTHS:+ STUDY_NEEDLE_DEPTHS=$STUDY_NEEDLE_DEPTHS} STUDY_SYNTHETIC_SAMPLES=$synthetic_samples STUDY_SEEDS=\"$seeds\" STUDY_METHODS=\"$methods\" scripts/study.sh\`"
     echo "- training: \`python -m adasplash_train experiment=study attention=<method> seed=<seed> run_name=study_<method>[_seed<seed>] trainer.max_steps=$steps ckpt_path=auto\`"
-    echo "- evaluation: \`python -m evals ckpt=$root/study_<method>[_seed<seed>] task=niah|ruler|synthetic lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples${STUDY_NEEDLE_DEPTHS:+ niah.depths=$STUDY_NEEDLE_DEPTHS} synthetic.num_samples=$synthetic_samples batch_size=1\`"
+    echo "- evaluation: \`python -m evals ckpt=$root/study_<method>[_seed<seed>] task=niah|ruler|synthetic lengths=$lengths ruler.num_samples=$samples niah.samples_per_cell=$needle_samples${STUDY_NEEDLE_DEPTHS:+ niah.depths=$STUDY_NEEDLE_DEPTHS} synthetic.num_samples=$synthetic_samples synthetic.filler=val batch_size=1\`"
   } >> "$report"
 }
 
