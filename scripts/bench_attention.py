@@ -29,7 +29,6 @@ import argparse
 import functools
 import json
 import math
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
