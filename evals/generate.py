@@ -60,7 +60,6 @@ def length_groups(prompts: Sequence[Sequence[int]], batch_size: int) -> list[lis
             for start in range(0, len(indices), batch_size)]
 
 
-@torch.no_grad()
 def prompt_tokens(tokenizer, text: str) -> list[int]:
     """A prompt as the model saw documents in training: every training document starts with the
     end-of-text token (it serves as the beginning-of-document marker), so prompts do too."""
@@ -68,6 +67,7 @@ def prompt_tokens(tokenizer, text: str) -> list[int]:
     return ([eot_id] if eot_id is not None else []) + list(tokenizer.encode(text))
 
 
+@torch.no_grad()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eot_id: int | None,
                     batch_size: int = 8, tokenizer=None, stop_strings: Sequence[str] = (),
                     use_cache: bool = True, progress: bool = True, description: str = "generate") -> list[list[int]]:

@@ -17,12 +17,14 @@ class NextTokenModel(torch.nn.Module):
         self.vocab_size = vocab_size
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.calls: list[tuple[int, int]] = []
+        self.grad_enabled: list[bool] = []
 
     def new_kv_cache(self, batch_size=None):
         return {"length": 0}
 
     def forward(self, idx, targets=None, doc_ids=None, cache=None, last_only=False):
         self.calls.append(tuple(idx.shape))
+        self.grad_enabled.append(torch.is_grad_enabled())
         if cache is not None:
             cache["length"] += idx.shape[1]
         logits = torch.nn.functional.one_hot((idx + 1) % self.vocab_size, self.vocab_size).float()
@@ -54,6 +56,7 @@ def test_stops_at_eot_and_keeps_input_order():
     # one prefill per distinct length, then one-token steps; stops as soon as a whole batch is done
     assert (2, 1) in model.calls and (2, 2) in model.calls
     assert all(shape[1] == 1 for shape in model.calls if shape not in [(2, 1), (2, 2)])
+    assert not any(model.grad_enabled)  # decoding builds no autograd graph (memory at long context)
 
 
 def test_stop_strings_end_a_row_early():
