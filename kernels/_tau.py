@@ -26,6 +26,9 @@ import triton.language as tl
 # Bisection steps used to solve the histogram approximation for general alpha; the segment they
 # search is one bin wide, so 20 halvings leave it about 6e-8 / (bins / 16) wide.
 _GENERAL_ALPHA_BISECTION_STEPS = tl.constexpr(20)
+# A refinement pass that finds every row within this of mass 1 is the last one needed: Halley's step
+# from there lands at fp32 rounding (scripts/tau_convergence.py measures the passes this saves).
+CONVERGED = tl.constexpr(1e-3)
 
 
 def alpha_mode(alpha: float) -> int:
@@ -152,7 +155,11 @@ def bracket_from_histogram(counts, power, ALPHA_MODE: tl.constexpr, NUM_BINS: tl
     # as one small matrix product [rows, bins] x [bins, edges].
     gap = (bin_ids[:, None] - bin_ids[None, :]).to(tl.float32) / NUM_BINS  # [bin b, edge j]
     edge_weights = probability(tl.maximum(gap, 0.0), power, ALPHA_MODE)
-    mass_at_edges = tl.dot(counts_f, edge_weights, input_precision="ieee")
+    if NUM_BINS >= 16:
+        mass_at_edges = tl.dot(counts_f, edge_weights, input_precision="ieee")
+    else:
+        # Compiled tl.dot needs operands of at least 16 x 16; with fewer bins, multiply and add.
+        mass_at_edges = tl.sum(counts_f[:, :, None] * edge_weights[None, :, :], axis=1)
     # The approximate mass falls as t rises; edges_below = number of edges where it is still
     # >= 1, so its root lies in [edge[edges_below - 1], edge[edges_below]] and the bins that are
     # active there (lower edge above t) are those with index >= edges_below.
@@ -192,6 +199,14 @@ def bracket_from_histogram(counts, power, ALPHA_MODE: tl.constexpr, NUM_BINS: tl
     hi = tl.where(has_mass, tl.minimum(t_high + 1.0 / NUM_BINS, 1.0), 0.0)
     hi = tl.maximum(hi, lo)
     return lo, hi
+
+
+@triton.jit
+def all_converged(mass, solving):
+    """Whether every solving row's mass is within CONVERGED of 1, i.e. the Halley step about to be
+    taken from these sums reaches fp32 rounding and further passes can be skipped."""
+    residual = tl.max(tl.where(solving, tl.abs(mass - 1.0), 0.0), axis=0)
+    return residual <= CONVERGED
 
 
 @triton.jit

@@ -54,18 +54,23 @@ def _entmax_rows_kernel(X, P, n_rows, n_cols, alpha_minus_one, power,
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
 
+    # As in the attention kernel: passes after the one that found every row converged are skipped.
+    solving = row_ok & (shift < float("inf"))
+    converged = tl.zeros([], dtype=tl.int32)
     for _ in tl.static_range(N_ITER):
-        mass = tl.zeros([BLOCK_R], dtype=tl.float32)
-        slope = tl.zeros([BLOCK_R], dtype=tl.float32)
-        curvature = tl.zeros([BLOCK_R], dtype=tl.float32)
-        for col_begin in range(0, n_cols, BLOCK_C):
-            z = _load_scores(X_rows, row_ok, col_begin + tl.arange(0, BLOCK_C), n_cols, alpha_minus_one)
-            u = tl.maximum(z - shift[:, None] - t[:, None], 0.0)
-            tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
-            mass += tile_mass
-            slope += tile_slope
-            curvature += tile_curvature
-        t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+        if converged == 0:
+            mass = tl.zeros([BLOCK_R], dtype=tl.float32)
+            slope = tl.zeros([BLOCK_R], dtype=tl.float32)
+            curvature = tl.zeros([BLOCK_R], dtype=tl.float32)
+            for col_begin in range(0, n_cols, BLOCK_C):
+                z = _load_scores(X_rows, row_ok, col_begin + tl.arange(0, BLOCK_C), n_cols, alpha_minus_one)
+                u = tl.maximum(z - shift[:, None] - t[:, None], 0.0)
+                tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
+                mass += tile_mass
+                slope += tile_slope
+                curvature += tile_curvature
+            converged = _tau.all_converged(mass, solving).to(tl.int32)
+            t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
 
     tau = shift + t
     P_rows = P + row_offsets

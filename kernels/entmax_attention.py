@@ -31,9 +31,11 @@ from . import _tau
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_N_ITER = 10
-# Bins of the histogram that brackets tau; 16 bins and two Halley steps bring |sum(p) - 1| to
-# fp32 rounding on every distribution we simulated (docs/kernels.md).
-NUM_BINS = 16
+# Bins of the histogram that brackets tau. 8 bins and two Halley steps bring |sum(p) - 1| to fp32
+# rounding on every row family we simulated except near-uniform rows, which take a third or fourth
+# step (scripts/tau_convergence.py); refinement stops early once a tile has converged, so those
+# steps cost only where they are needed. 8 bins were faster than 16 and 4 (docs/kernels.md).
+NUM_BINS = 8
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
 
@@ -342,12 +344,21 @@ def _entmax_attention_fwd_kernel(
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
     n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+    # Rows with a threshold to find (padding and fully masked rows have shift = +inf, mass 0).
+    solving = (rows < N) & (shift < float("inf"))
+    converged = tl.zeros([], dtype=tl.int32)  # a scalar flag (an int: the frontend wants one type)
     for _ in tl.static_range(N_ITER):
-        mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
-                                              TileList_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
-                                              BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
-        t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
-        n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+        # Passes after the one that found every row of the tile within _tau.CONVERGED of mass 1 are
+        # skipped: the step taken from there reaches fp32 rounding. (The passes stay unrolled under a
+        # scalar guard: a runtime loop over them was 10% slower, docs/kernels.md.)
+        if converged == 0:
+            mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                                  doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
+                                                  CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                  DOT_PRECISION)
+            converged = _tau.all_converged(mass, solving).to(tl.int32)
+            t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+            n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
 
     tau = shift + t
     acc, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau,
@@ -589,12 +600,13 @@ def _check_alpha(alpha, caller: str) -> float:
 
 
 def default_n_iter(alpha: float) -> int:
-    """Refinement passes that keep |sum(p) - 1| at fp32 rounding even for near-uniform rows (hundreds
-    of almost tied scores, as an untrained model produces at long context), where every score lands
-    in the top histogram bin and the bracket is much wider than the gap to tau: Halley's steps for
-    alpha = 1.5 needed 3 in the tests, Newton's for sparsemax up to 5 (512 near-tied keys), so the
-    other alphas take 6 (their speed was not the benchmarked path)."""
-    return 3 if alpha == 1.5 else 6
+    """Most refinement passes, enough to keep |sum(p) - 1| at fp32 rounding even for near-uniform rows
+    (hundreds or thousands of almost tied scores, as an untrained model produces at long context),
+    where every score lands in the top histogram bin and the bracket is much wider than the gap to
+    tau: Halley's steps for alpha = 1.5 need 4 there with 8 bins (scripts/tau_convergence.py),
+    Newton's for sparsemax up to 5 (512 near-tied keys), so the other alphas take 6 (their speed
+    was not the benchmarked path). Typical rows stop after two: passes after convergence are skipped."""
+    return 4 if alpha == 1.5 else 6
 
 
 def _check_n_iter(n_iter, alpha: float, caller: str) -> int:
@@ -771,8 +783,9 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
         scale: score scale, default 1 / sqrt(head_dim).
         doc_ids: optional (batch, seq_len) integer ids, non-decreasing along the sequence: a query
             attends only to keys of its own document.
-        n_iter: refinement passes after the histogram bracket; None: 3 for alpha = 1.5, else 6 (fp32
-            rounding even for near-uniform rows, see default_n_iter).
+        n_iter: most refinement passes after the histogram bracket (a query tile stops after the
+            pass that finds all its rows within 1e-3 of mass 1); None: 4 for alpha = 1.5, else 6
+            (fp32 rounding even for near-uniform rows, see default_n_iter).
         return_stats: also return a dict with "block_sparsity" (fraction of allowed tiles, those
             with at least one unmasked entry, whose probabilities are all zero: the backward skips
             them all, the forward those its lower bound on tau could rule out), the tile counts
