@@ -204,7 +204,7 @@ def test_histogram_counts_each_entry_in_its_bin(gen):
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
 def test_entmax_near_uniform_rows_sum_to_one(alpha):
-    x = torch.randn(2, 4000, generator=torch.Generator().manual_seed(1)) * 1e-3
+    x = (torch.randn(2, 4000, generator=torch.Generator().manual_seed(1)) * 1e-3).to(DEVICE)
     p = kernels.entmax(x, alpha=alpha)
     assert (p.double().sum(-1) - 1).abs().max().item() <= 1e-4
     assert rel_error(p, reference.entmax(x.double(), alpha=alpha)) < 1e-4
