@@ -26,9 +26,10 @@ import triton.language as tl
 # Bisection steps used to solve the histogram approximation for general alpha; the segment they
 # search is one bin wide, so 20 halvings leave it about 6e-8 / (bins / 16) wide.
 _GENERAL_ALPHA_BISECTION_STEPS = tl.constexpr(20)
-# A refinement pass that finds every row within this of mass 1 is the last one needed: Halley's step
-# from there lands at fp32 rounding (scripts/tau_convergence.py measures the passes this saves).
-CONVERGED = tl.constexpr(1e-3)
+# Mass errors the early stop of the refinement allows after its last step: fp32 inputs, 16-bit ones.
+_STOP_MASS_ERROR = {False: 1e-6, True: 1e-4}
+# Halley's step misses more than the support change at its last step above this (tests check it).
+_MAX_STOP_RESIDUAL = 1e-2
 
 
 def alpha_mode(alpha: float) -> int:
@@ -46,6 +47,22 @@ def _pow_positive(u, exponent):
     positive = u > 0
     safe_u = tl.where(positive, u, 1.0)
     return tl.where(positive, tl.exp2(exponent * tl.log2(safe_u)), 0.0)
+
+
+def stop_residual(alpha: float, low_precision: bool) -> float:
+    """Largest |sum(p) - 1| at which a refinement pass can be the last one: the Halley step taken
+    from there must reach the mass error of _STOP_MASS_ERROR (1e-6 for fp32 inputs, 1e-4 for bf16
+    and fp16, each 10x inside the kernels' promise).
+
+    Why: with power = 1 / (alpha - 1) >= 1 and every u <= 1 near the root, |mass'| = power *
+    sum u^(power - 1) >= power * mass ~ power, so a residual r puts t within r / power of tau. The
+    step cannot see elements whose support starts in between; each adds at most (r / power)^power
+    to the mass. Solving for r gives power * error^(1 / power): 2e-3 (fp32) and 2e-2 (16-bit) for
+    alpha = 1.5, the error itself for sparsemax. Above _MAX_STOP_RESIDUAL the step's own (cubic)
+    error is not small enough, so the result is capped there. docs/kernels.md has the measurements.
+    """
+    power = 1.0 / (alpha - 1.0)
+    return min(_MAX_STOP_RESIDUAL, power * _STOP_MASS_ERROR[low_precision] ** (1.0 / power))
 
 
 @triton.jit
@@ -202,11 +219,11 @@ def bracket_from_histogram(counts, power, ALPHA_MODE: tl.constexpr, NUM_BINS: tl
 
 
 @triton.jit
-def all_converged(mass, solving):
-    """Whether every solving row's mass is within CONVERGED of 1, i.e. the Halley step about to be
-    taken from these sums reaches fp32 rounding and further passes can be skipped."""
+def all_converged(mass, solving, stop_residual):
+    """Whether every solving row's mass is within stop_residual (see `stop_residual`) of 1: the
+    Halley step about to be taken from these sums is the last one needed."""
     residual = tl.max(tl.where(solving, tl.abs(mass - 1.0), 0.0), axis=0)
-    return residual <= CONVERGED
+    return residual <= stop_residual
 
 
 @triton.jit

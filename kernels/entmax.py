@@ -32,7 +32,7 @@ def _load_scores(X_rows, row_ok, cols, n_cols, alpha_minus_one):
 
 
 @triton.jit
-def _entmax_rows_kernel(X, P, n_rows, n_cols, alpha_minus_one, power,
+def _entmax_rows_kernel(X, P, n_rows, n_cols, alpha_minus_one, power, stop_residual,
                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, NUM_BINS: tl.constexpr,
                         ALPHA_MODE: tl.constexpr, N_ITER: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -69,7 +69,7 @@ def _entmax_rows_kernel(X, P, n_rows, n_cols, alpha_minus_one, power,
                 mass += tile_mass
                 slope += tile_slope
                 curvature += tile_curvature
-            converged = _tau.all_converged(mass, solving).to(tl.int32)
+            converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
             t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
 
     tau = shift + t
@@ -91,6 +91,7 @@ def _entmax_last_dim(x: torch.Tensor, alpha: float, n_iter: int) -> torch.Tensor
     block_cols = min(_MAX_BLOCK_COLS, max(16, triton.next_power_of_2(n_cols)))
     _entmax_rows_kernel[(triton.cdiv(n_rows, _BLOCK_ROWS),)](
         x2d, probs, n_rows, n_cols, alpha - 1.0, 1.0 / (alpha - 1.0),
+        _tau.stop_residual(alpha, x2d.dtype != torch.float32),
         BLOCK_R=_BLOCK_ROWS, BLOCK_C=block_cols, NUM_BINS=NUM_BINS,
         ALPHA_MODE=_tau.alpha_mode(alpha), N_ITER=n_iter,
     )

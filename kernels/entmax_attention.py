@@ -301,7 +301,7 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_f
 def _entmax_attention_fwd_kernel(
     Q, K, V, Out, DocIds, DocStart, DocEnd,
     TileMax, TileList, TileMask, NonzeroCount, AllowedCount, Tau,
-    z_scale, power, N, n_q_tiles, n_k_tiles,
+    z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
@@ -348,15 +348,15 @@ def _entmax_attention_fwd_kernel(
     solving = (rows < N) & (shift < float("inf"))
     converged = tl.zeros([], dtype=tl.int32)  # a scalar flag (an int: the frontend wants one type)
     for _ in tl.static_range(N_ITER):
-        # Passes after the one that found every row of the tile within _tau.CONVERGED of mass 1 are
-        # skipped: the step taken from there reaches fp32 rounding. (The passes stay unrolled under a
-        # scalar guard: a runtime loop over them was 10% slower, docs/kernels.md.)
+        # Passes after the one that found every row of the tile within stop_residual of mass 1 are
+        # skipped: the step taken from there is the last one needed (_tau.stop_residual). The
+        # passes stay unrolled under a scalar guard: a runtime loop was 10% slower (docs/kernels.md).
         if converged == 0:
             mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
                                                   doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
                                                   CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
                                                   DOT_PRECISION)
-            converged = _tau.all_converged(mass, solving).to(tl.int32)
+            converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
             t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
             n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
 
@@ -707,7 +707,8 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
                   DOT_PRECISION=_dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages)
     _entmax_attention_fwd_kernel[grid](
         q, k, v, out, doc_ids, doc_start, doc_end, tile_max, tile_list, tile_mask, nonzero_count, allowed_count,
-        tau, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, ALPHA_MODE=_tau.alpha_mode(config.alpha),
+        tau, config.z_scale, config.power, _tau.stop_residual(config.alpha, q.dtype != torch.float32), seq_len,
+        n_q_tiles, n_k_tiles, ALPHA_MODE=_tau.alpha_mode(config.alpha),
         NUM_BINS=NUM_BINS, N_ITER=config.n_iter, CHUNK=_COMPACTION_CHUNK, **common)
     return out, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
@@ -784,7 +785,8 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
         doc_ids: optional (batch, seq_len) integer ids, non-decreasing along the sequence: a query
             attends only to keys of its own document.
         n_iter: most refinement passes after the histogram bracket (a query tile stops after the
-            pass that finds all its rows within 1e-3 of mass 1); None: 4 for alpha = 1.5, else 6
+            pass that finds all its rows close enough to mass 1, see _tau.stop_residual); None: 4
+            for alpha = 1.5, else 6
             (fp32 rounding even for near-uniform rows, see default_n_iter).
         return_stats: also return a dict with "block_sparsity" (fraction of allowed tiles, those
             with at least one unmasked entry, whose probabilities are all zero: the backward skips

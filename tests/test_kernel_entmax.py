@@ -166,13 +166,23 @@ def test_tau_bracket_and_refinement(gen, alpha):
     # Halley's steps (cubic) need two from the 8-bin bracket, Newton's for sparsemax three.
     steps = 3 if alpha == 2.0 else 2
     assert residual[steps].max().item() <= 1e-5, f"{steps} steps reach fp32 precision"
-    # The kernels stop refining once every row is within CONVERGED of mass 1: one more step from
-    # there must reach fp32 precision, for every row and step where that holds.
-    for step in range(n_iter):
-        ready = residual[step] <= _tau.CONVERGED.value
-        assert (residual[step + 1][ready] <= 1e-5).all(), f"a step from a converged row at step {step}"
-    if alpha != 2.0:  # sparsemax's Newton is exact once its support is right: residuals jump past 1e-3
-        assert any(((r <= _tau.CONVERGED.value) & (r > 1e-5)).any() for r in residual[:-1]), "rule untested"
+    # The kernels stop refining once every row is within _tau.stop_residual of mass 1: one more step
+    # from there must reach the error it promises (1e-6 fp32 / 1e-4 for 16-bit inputs; fp32 rounding
+    # of these sums is ~4e-7), for every row and step where that holds.
+    for low_precision, error in ((False, 1e-6), (True, 1e-4)):
+        limit = _tau.stop_residual(alpha, low_precision)
+        for step in range(n_iter):
+            ready = residual[step] <= limit
+            assert (residual[step + 1][ready] <= max(error, 1e-6)).all(), f"stop rule at step {step}, {limit=}"
+        if alpha != 2.0:  # sparsemax's Newton is exact once its support is right: residuals jump past
+            assert any(((r <= limit) & (r > 1e-5)).any() for r in residual[:-1]), "rule untested"
+
+
+def test_stop_residual():
+    assert _tau.stop_residual(1.5, False) == pytest.approx(2e-3)  # 2 * sqrt(1e-6)
+    assert _tau.stop_residual(1.5, True) == 1e-2  # capped (2 * sqrt(1e-4) = 2e-2)
+    assert _tau.stop_residual(2.0, False) == pytest.approx(1e-6)
+    assert _tau.stop_residual(2.0, True) == pytest.approx(1e-4)
 
 
 @triton.jit
