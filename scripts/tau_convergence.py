@@ -5,6 +5,9 @@ The row-wise kernel shares the attention kernel's tau machinery (kernels/_tau.py
 "would 8 bins do?" or "is the third pass needed?" on a CPU, under the Triton interpreter:
 
     TRITON_INTERPRET=1 python scripts/tau_convergence.py --bins 16 8 --passes 1 2 3
+
+"passes" is the kernel's n_iter, a cap: the kernel skips passes once a block of rows has converged
+(kernels._tau.stop_residual), so each column shows what that cap delivers.
 """
 
 from __future__ import annotations
