@@ -28,7 +28,8 @@ import triton.language as tl
 _GENERAL_ALPHA_BISECTION_STEPS = tl.constexpr(20)
 # Mass errors the early stop of the refinement allows after its last step: fp32 inputs, 16-bit ones.
 _STOP_MASS_ERROR = {False: 1e-6, True: 1e-4}
-# Halley's step misses more than the support change at its last step above this (tests check it).
+# Above this residual Halley's own (cubic) error could matter too, not only the support change
+# that `stop_residual` bounds; tests/test_kernel_entmax.py checks every step taken below it.
 _MAX_STOP_RESIDUAL = 1e-2
 
 
@@ -54,7 +55,7 @@ def stop_residual(alpha: float, low_precision: bool) -> float:
     from there must reach the mass error of _STOP_MASS_ERROR (1e-6 for fp32 inputs, 1e-4 for bf16
     and fp16, each 10x inside the kernels' promise).
 
-    Why: with power = 1 / (alpha - 1) >= 1 and every u <= 1 near the root, |mass'| = power *
+    Why: with power = 1 / (alpha - 1) >= 1 and every u <= 1 (y <= 1 and t >= 0), |mass'| = power *
     sum u^(power - 1) >= power * mass ~ power, so a residual r puts t within r / power of tau. The
     step cannot see elements whose support starts in between; each adds at most (r / power)^power
     to the mass. Solving for r gives power * error^(1 / power): 2e-3 (fp32) and 2e-2 (16-bit) for
