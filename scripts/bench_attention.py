@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import json
 import math
 import sys
@@ -447,6 +448,10 @@ def environment() -> dict:
 
         info["triton"] = triton.__version__
     except ImportError:
+        pass
+    try:  # the baseline's version belongs with its numbers (absent where it is not installed)
+        info["adasplash"] = importlib.metadata.version("adasplash")
+    except importlib.metadata.PackageNotFoundError:
         pass
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name()

@@ -300,3 +300,11 @@ def test_from_json_joins_saved_runs(bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "measured on GPU X" in out and "| ours | 8192 | 64 | trained | 50.0% | 3.000 | 6.000 |" in out
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_environment_records_versions(bench):
+    info = bench.environment()
+    assert info["torch"] == torch.__version__
+    assert info["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    # the adasplash baseline's version is recorded exactly when the package is installed
+    assert ("adasplash" in info) == (importlib.util.find_spec("adasplash") is not None)
