@@ -786,8 +786,7 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
             attends only to keys of its own document.
         n_iter: most refinement passes after the histogram bracket (a query tile stops after the
             pass that finds all its rows close enough to mass 1, see _tau.stop_residual); None: 4
-            for alpha = 1.5, else 6
-            (fp32 rounding even for near-uniform rows, see default_n_iter).
+            for alpha = 1.5, else 6 (fp32 rounding even for near-uniform rows, see default_n_iter).
         return_stats: also return a dict with "block_sparsity" (fraction of allowed tiles, those
             with at least one unmasked entry, whose probabilities are all zero: the backward skips
             them all, the forward those its lower bound on tau could rule out), the tile counts

@@ -16,11 +16,15 @@ machine (clocks, heat) does not favour one. docs/benchmarks.md §1d was measured
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.bench_attention import read_json  # noqa: E402
 
 
 def variant_name(folder: str) -> str:
@@ -55,12 +59,13 @@ def table(out: Path) -> str:
     sparsity = {}
     for path in sorted(out.glob("*_r*.json")):
         variant, round_ = path.stem.rsplit("_r", 1)
-        for row in json.loads(path.read_text())["rows"]:
-            if row["method"] != "ours":
+        rows, _ = read_json([path])
+        for row in rows:
+            if row.method != "ours":
                 continue
-            case = (row["n"], row["d"], row["regime"])
-            times[case, variant].append((int(round_), row["fwd_ms"], row["fwd_bwd_ms"]))
-            sparsity.setdefault(case, row["block_sparsity"])
+            case = (row.n, row.d, row.regime)
+            times[case, variant].append((int(round_), row.fwd_ms, row.fwd_bwd_ms))
+            sparsity.setdefault(case, row.block_sparsity)
     variants = sorted({v for _, v in times})
     cases = sorted({c for c, _ in times})
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -46,8 +47,9 @@ def find_ptxas() -> str | None:
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
-def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, num_warps: int = 4, num_stages: int = 3) -> str:
-    """PTX of the fused forward (bf16, alpha = 1.5, 64 x 64 tiles) for sm_90."""
+def forward_ptx(head_dim: int, n_iter: int, causal: bool = True) -> str:
+    """PTX of the fused forward (bf16, alpha = 1.5) for sm_90, with the tiles, warps and stages the
+    library picks for a CUDA device."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
@@ -64,9 +66,11 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, num_warps: int 
             signature[name] = "i32"
         else:
             signature[name] = "constexpr"
-    constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=64, BLOCK_N=64, CAUSAL=causal, HAS_DOCS=False,
-                     ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS, N_ITER=n_iter,
-                     CHUNK=entmax_attention._COMPACTION_CHUNK, DOT_PRECISION="tf32")
+    block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
+    constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+                     HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS, N_ITER=n_iter,
+                     CHUNK=entmax_attention._COMPACTION_CHUNK,
+                     DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
     # 16-byte aligned pointers, as torch allocates them: without this hint Triton does not pipeline.
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
     compiled = triton.compile(ASTSource(fn, signature, constants, attrs=attrs), target=GPUTarget("cuda", 90, 32),
