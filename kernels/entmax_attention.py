@@ -273,11 +273,14 @@ def _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, do
 
 @triton.jit
 def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau, TileList_row,
-                 TileMask_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                 n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """sum_j p_ij v_j; records (list in place, and the dense tile mask) the non-zero tiles."""
+    """sum_j p_ij v_j and the backward's weighted mean value (see _store_outputs) at the final tau;
+    keeps (in place) the listed tiles that hold a non-zero probability and returns their count."""
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc_g = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    g_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     n_nonzero = 0
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
@@ -287,25 +290,116 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_f
                                       BLOCK_N)
         raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
         u = tl.maximum(raw * z_scale - tau[:, None], 0.0)
-        p = _tau.probability(u, power, ALPHA_MODE)
+        g = _tau.gradient_weight(u, power, ALPHA_MODE)
+        p = g * u  # u^power, since g = u^(power - 1) (zero off the support)
         v = _load_rows(V_head, cols, N, HEAD_DIM)
         acc = _dot(p.to(v.dtype), v, acc, DOT_PRECISION)
+        acc_g = _dot(g.to(v.dtype), v, acc_g, DOT_PRECISION)
+        g_sum += tl.sum(g, axis=1)
         nonzero = tl.max(tl.max(u, axis=1), axis=0) > 0
         tl.store(TileList_row + n_nonzero, kt, mask=nonzero)
-        tl.store(TileMask_row + kt, tl.full([], 1, tl.int8), mask=nonzero)
         n_nonzero += nonzero.to(tl.int32)
-    return acc, n_nonzero
+    return acc, acc_g, g_sum, n_nonzero
+
+
+@triton.jit
+def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold,
+                keep_above, TileList_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """A refinement pass (the power sums of _refine_pass) that also accumulates, around its own
+    threshold, what the output needs at the next one: for u = [z - threshold]_+ on the support S,
+    sum u^2 v (alpha = 1.5 only), sum u v and sum_S v. If the pass turns out to be the last one
+    (the Halley step d taken from its sums is the last needed, _tau.stop_residual), then at
+    tau = threshold + d the output is sum_S (u - d)^2 v = A2 - 2 d A1 + d^2 A0 (alpha = 1.5) or
+    sum_S (u - d) v = A1 - d A0 (sparsemax), exactly on S (_expanded_outputs): the output pass,
+    a whole pass over the tiles, is saved. What S misses, elements entering or leaving the support
+    during that step, is at most the mass the early stop already allows (_tau.stop_residual).
+
+    Keeps (in place) the listed tiles with a score above the rows' keep_above (the lower bound of
+    tau minus this threshold, <= 0): those that can hold a non-zero probability at any tau the
+    bracket allows. Returns the sums, the three accumulators and the kept count.
+    """
+    mass = tl.zeros([BLOCK_M], dtype=tl.float32)
+    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+    curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_u2 = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc_support = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_kept = 0
+    for i in range(0, n_list):
+        kt = tl.load(TileList_row + i)
+        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load_rows(K_head, cols, N, HEAD_DIM)
+        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
+                                      BLOCK_N)
+        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        gap = raw * z_scale - threshold[:, None]
+        u = tl.maximum(gap, 0.0)
+        tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
+        mass += tile_mass
+        slope += tile_slope
+        curvature += tile_curvature
+        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        if ALPHA_MODE == 1:
+            acc_u2 = _dot((u * u).to(v.dtype), v, acc_u2, DOT_PRECISION)
+        acc_u = _dot(u.to(v.dtype), v, acc_u, DOT_PRECISION)
+        acc_support = _dot(tl.where(u > 0, 1.0, 0.0).to(v.dtype), v, acc_support, DOT_PRECISION)
+        keep = tl.max(tl.max(gap, axis=1) - keep_above, axis=0) > 0
+        tl.store(TileList_row + n_kept, kt, mask=keep)
+        n_kept += keep.to(tl.int32)
+    return mass, slope, curvature, acc_u2, acc_u, acc_support, n_kept
+
+
+@triton.jit
+def _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step, ALPHA_MODE: tl.constexpr):
+    """The output and the weighted value sums of _store_outputs at threshold + step, from the
+    accumulators of _final_pass at threshold (exact on that pass's support)."""
+    d = step[:, None]
+    if ALPHA_MODE == 1:
+        out = acc_u2 - 2.0 * d * acc_u + d * d * acc_support
+        g_values = acc_u - d * acc_support
+        g_sum = -0.5 * slope - step * (0.5 * curvature)  # sum (u - d) on the support
+    else:
+        out = acc_u - d * acc_support
+        g_values = acc_support
+        g_sum = -slope  # the support's size
+    return out, g_values, g_sum
+
+
+@triton.jit
+def _store_outputs(Out_head, Obar_head, rows, N, out, g_values, g_sum, HEAD_DIM: tl.constexpr):
+    """Store the output and obar = sum_j g_ij v_j / sum_j g_ij with g = p^(2 - alpha): the backward's
+    delta_i = sum_j g_ij dP_ij / sum_j g_ij is then dO_i . obar_i, one product per row instead of
+    a pass over the tiles (FlashAttention's delta = dO . O, with entmax's weights)."""
+    dims = tl.arange(0, HEAD_DIM)
+    offsets = rows[:, None] * HEAD_DIM + dims[None, :]
+    obar = g_values / tl.where(g_sum > 0, g_sum, 1.0)[:, None]
+    tl.store(Out_head + offsets, out.to(Out_head.dtype.element_ty), mask=rows[:, None] < N)
+    tl.store(Obar_head + offsets, obar.to(Obar_head.dtype.element_ty), mask=rows[:, None] < N)
+
+
+@triton.jit
+def _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK: tl.constexpr):
+    """Set the dense tile mask (read by the backward's key-tile lists) for every listed tile, after
+    the loops: per-tile stores inside the output loop serialized its matrix products (docs/kernels.md)."""
+    tl.debug_barrier()  # list entries were stored by whichever thread held them
+    for chunk_begin in range(0, n_list, CHUNK):
+        slots = chunk_begin + tl.arange(0, CHUNK)
+        in_list = slots < n_list
+        kts = tl.load(TileList_row + slots, mask=in_list, other=0)
+        tl.store(TileMask_row + kts, tl.full([CHUNK], 1, tl.int8), mask=in_list)
 
 
 @triton.jit
 def _entmax_attention_fwd_kernel(
-    Q, K, V, Out, DocIds, DocStart, DocEnd,
+    Q, K, V, Out, Obar, DocIds, DocStart, DocEnd,
     TileMax, TileList, TileMask, NonzeroCount, AllowedCount, Tau,
     z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FUSED_OUTPUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     qt = tl.program_id(0)
     bh = tl.program_id(1)
@@ -346,30 +440,49 @@ def _entmax_attention_fwd_kernel(
     n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
     # Rows with a threshold to find (padding and fully masked rows have shift = +inf, mass 0).
     solving = (rows < N) & (shift < float("inf"))
-    converged = tl.zeros([], dtype=tl.int32)  # a scalar flag (an int: the frontend wants one type)
-    for _ in tl.static_range(N_ITER):
+    Out_head = Out + bh.to(tl.int64) * N * HEAD_DIM
+    Obar_head = Obar + bh.to(tl.int64) * N * HEAD_DIM
+    converged = tl.zeros([], dtype=tl.int32)  # scalar flags (ints: the frontend wants one type)
+    stored = tl.zeros([], dtype=tl.int32)
+    for i in tl.static_range(N_ITER):
         # Passes after the one that found every row of the tile within stop_residual of mass 1 are
         # skipped: the step taken from there is the last one needed (_tau.stop_residual). The
         # passes stay unrolled under a scalar guard: a runtime loop was 10% slower (docs/kernels.md).
         if converged == 0:
-            mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
-                                                  doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
-                                                  CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
-                                                  DOT_PRECISION)
-            converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
-            t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+            if FUSED_OUTPUT and i == 1:
+                # The second pass is the last one for nearly every tile (docs/kernels.md): it also
+                # gathers the output, so no output pass follows when it converges.
+                mass, slope, curvature, acc_u2, acc_u, acc_support, n_list = _final_pass(
+                    q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
+                    lo - t, TileList_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                    ALPHA_MODE, DOT_PRECISION)
+                converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
+                t_next, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+                if converged != 0:
+                    out, g_values, g_sum = _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature,
+                                                             tl.where(solving, t_next - t, 0.0), ALPHA_MODE)
+                    _store_outputs(Out_head, Obar_head, rows, N, out, g_values, g_sum, HEAD_DIM)
+                    stored = converged
+                t = t_next
+            else:
+                mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                                      doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
+                                                      CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                      DOT_PRECISION)
+                converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
+                t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
             n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
 
     tau = shift + t
-    acc, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau,
-                                  TileList_row, TileMask_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
-                                  BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
-
-    dims = tl.arange(0, HEAD_DIM)
-    tl.store(Out + bh.to(tl.int64) * N * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :],
-             acc.to(Out.dtype.element_ty), mask=rows[:, None] < N)
+    if stored == 0:
+        out, g_values, g_sum, n_list = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row,
+                                                    doc_q_first, doc_q_last, tau, TileList_row, n_list, N, z_scale,
+                                                    power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                    DOT_PRECISION)
+        _store_outputs(Out_head, Obar_head, rows, N, out, g_values, g_sum, HEAD_DIM)
+    _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK)
     tl.store(Tau + bh.to(tl.int64) * N + rows, tau, mask=rows < N)
-    tl.store(NonzeroCount + table_row, n_nonzero)
+    tl.store(NonzeroCount + table_row, n_list)
     tl.store(AllowedCount + table_row, n_allowed)
 
 
@@ -380,7 +493,7 @@ def _entmax_attention_fwd_kernel(
 
 @triton.jit
 def _entmax_attention_bwd_dq_kernel(
-    Q, K, V, DO, DQ, Delta, Tau, DocIds, TileList, NonzeroCount,
+    Q, K, V, DO, Obar, DQ, Delta, Tau, DocIds, TileList, NonzeroCount,
     scale, z_scale, power, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -388,8 +501,8 @@ def _entmax_attention_bwd_dq_kernel(
 ):
     """dQ row-wise over the non-zero tiles, and delta_i = sum_j g dP / sum_j g for the dK/dV kernel.
 
-    dL/ds_ij = g_ij (dP_ij - delta_i) with g = p^(2 - alpha); delta needs a full row first, so the
-    tiles are visited twice: once for delta, once for dQ (both passes only touch non-zero tiles).
+    dL/ds_ij = g_ij (dP_ij - delta_i) with g = p^(2 - alpha). delta_i = dO_i . obar_i, where the
+    forward stored obar_i = sum_j g_ij v_j / sum_j g_ij, so one pass over the tiles suffices.
     """
     qt = tl.program_id(0)
     bh = tl.program_id(1)
@@ -405,26 +518,12 @@ def _entmax_attention_bwd_dq_kernel(
     rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
     q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
     do = _load_rows(DO + head_offset, rows, N, HEAD_DIM)
+    obar = _load_rows(Obar + head_offset, rows, N, HEAD_DIM)
+    delta = tl.sum(do.to(tl.float32) * obar.to(tl.float32), axis=1)
     row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
     doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, qt * BLOCK_M, N, HAS_DOCS, BLOCK_M)
     tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
     n_list = tl.load(NonzeroCount + table_row)
-
-    g_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    g_dp_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for i in range(0, n_list):
-        kt = tl.load(TileList_row + i)
-        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load_rows(K_head, cols, N, HEAD_DIM)
-        v = _load_rows(V_head, cols, N, HEAD_DIM)
-        needs_mask = _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL,
-                                      HAS_DOCS, BLOCK_N)
-        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        g = _tau.gradient_weight(tl.maximum(raw * z_scale - tau[:, None], 0.0), power, ALPHA_MODE)
-        dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
-        g_sum += tl.sum(g, axis=1)
-        g_dp_sum += tl.sum(g * dp, axis=1)
-    delta = tl.where(g_sum > 0, g_dp_sum / tl.where(g_sum > 0, g_sum, 1.0), 0.0)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for i in range(0, n_list):
@@ -539,6 +638,9 @@ class _LaunchConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    # Whether the forward's second refinement pass also gathers the output (_final_pass); off where
+    # the stats must be exact (see entmax_attention) and where it does not apply (_fuses_output).
+    fused_output: bool
 
     @property
     def z_scale(self) -> float:
@@ -578,6 +680,19 @@ def _default_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, 
     if head_dim <= 128:
         return 64, 64, 4, 3
     return 32, 32, 4, 2
+
+
+# The fused final pass holds three [BLOCK_M, head_dim] fp32 accumulators beside the refinement's
+# registers; above head_dim 64 they would spill (scripts/offline_ptxas.py), so larger heads keep a
+# separate output pass.
+_FUSED_OUTPUT_MAX_HEAD_DIM = 64
+
+
+def _fuses_output(alpha: float, head_dim: int, n_iter: int) -> bool:
+    """Whether the forward's second refinement pass can also gather the output (_final_pass): its
+    expansion is exact on a fixed support only where p is a polynomial in u (alpha = 1.5: u^2;
+    sparsemax: u), and it needs a second pass to exist."""
+    return _tau.alpha_mode(alpha) != 0 and head_dim <= _FUSED_OUTPUT_MAX_HEAD_DIM and n_iter >= 2
 
 
 def _check_block_sizes(block_sizes) -> tuple[int, int]:
@@ -691,6 +806,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     device = q.device
 
     out = torch.empty_like(q)
+    obar = torch.empty_like(q)
     tau = torch.empty((batch * heads, seq_len), device=device, dtype=torch.float32)
     tile_max = torch.empty(table, device=device, dtype=torch.float32)
     tile_list = torch.empty(table, device=device, dtype=torch.int32)
@@ -706,14 +822,15 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
                   DOT_PRECISION=_dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages)
     _entmax_attention_fwd_kernel[grid](
-        q, k, v, out, doc_ids, doc_start, doc_end, tile_max, tile_list, tile_mask, nonzero_count, allowed_count,
+        q, k, v, out, obar, doc_ids, doc_start, doc_end, tile_max, tile_list, tile_mask, nonzero_count, allowed_count,
         tau, config.z_scale, config.power, _tau.stop_residual(config.alpha, q.dtype != torch.float32), seq_len,
         n_q_tiles, n_k_tiles, ALPHA_MODE=_tau.alpha_mode(config.alpha),
-        NUM_BINS=NUM_BINS, N_ITER=config.n_iter, CHUNK=_COMPACTION_CHUNK, **common)
-    return out, tau, tile_list, tile_mask, nonzero_count, allowed_count
+        NUM_BINS=NUM_BINS, N_ITER=config.n_iter, CHUNK=_COMPACTION_CHUNK, FUSED_OUTPUT=config.fused_output,
+        **common)
+    return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
-def _backward(grad_out, q, k, v, doc_ids, has_docs, tau, tile_list, tile_mask, nonzero_count,
+def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_mask, nonzero_count,
               config: _LaunchConfig):
     batch, heads, seq_len, head_dim = q.shape
     kv_heads = k.shape[1]
@@ -727,7 +844,7 @@ def _backward(grad_out, q, k, v, doc_ids, has_docs, tau, tile_list, tile_mask, n
     dq = torch.empty_like(q)
     delta = torch.empty((batch * heads, seq_len), device=device, dtype=torch.float32)
     _entmax_attention_bwd_dq_kernel[(n_q_tiles, batch * heads)](
-        q, k, v, grad_out, dq, delta, tau, doc_ids, tile_list, nonzero_count,
+        q, k, v, grad_out, obar, dq, delta, tau, doc_ids, tile_list, nonzero_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, **common)
 
     key_tile_list = torch.empty((batch * heads, n_k_tiles, n_q_tiles), device=device, dtype=torch.int32)
@@ -755,9 +872,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
 class _EntmaxAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, doc_ids, doc_start, doc_end, config):
-        out, tau, tile_list, tile_mask, nonzero_count, allowed_count = _forward(
+        out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count = _forward(
             q, k, v, doc_ids, doc_start, doc_end, config)
-        ctx.save_for_backward(q, k, v, doc_ids, tau, tile_list, tile_mask, nonzero_count)
+        ctx.save_for_backward(q, k, v, obar, doc_ids, tau, tile_list, tile_mask, nonzero_count)
         ctx.config = config
         ctx.has_docs = doc_start is not None
         ctx.mark_non_differentiable(nonzero_count, allowed_count)
@@ -765,8 +882,8 @@ class _EntmaxAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_nonzero, _grad_allowed):
-        q, k, v, doc_ids, tau, tile_list, tile_mask, nonzero_count = ctx.saved_tensors
-        dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, doc_ids, ctx.has_docs, tau, tile_list,
+        q, k, v, obar, doc_ids, tau, tile_list, tile_mask, nonzero_count = ctx.saved_tensors
+        dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, obar, doc_ids, ctx.has_docs, tau, tile_list,
                                tile_mask, nonzero_count, ctx.config)
         return dq, dk, dv, None, None, None, None
 
@@ -812,7 +929,8 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     if block_sizes is not None:
         block_m, block_n = _check_block_sizes(block_sizes)
     config = _LaunchConfig(alpha=alpha, causal=causal, scale=float(scale), n_iter=n_iter, block_m=block_m,
-                           block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+                           block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+                           fused_output=not return_stats and _fuses_output(alpha, head_dim, n_iter))
 
     batch, _, seq_len, _ = q.shape
     if doc_ids is None:

@@ -32,8 +32,8 @@ import kernels  # noqa: E402,F401  (loads kernels.entmax_attention)
 
 entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `kernels.entmax_attention` is the function
 
-_POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "TileMax": "*fp32", "Tau": "*fp32",
-                  "TileMask": "*i8"}
+_POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileMax": "*fp32",
+                  "Tau": "*fp32", "TileMask": "*i8"}
 _INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "NonzeroCount", "AllowedCount")
 _FLOAT_ARGS = ("z_scale", "power", "stop_residual")
 _INT_ARGS = ("N", "n_q_tiles", "n_k_tiles")
@@ -47,9 +47,10 @@ def find_ptxas() -> str | None:
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
-def forward_ptx(head_dim: int, n_iter: int, causal: bool = True) -> str:
+def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, exact_output: bool = False) -> str:
     """PTX of the fused forward (bf16, alpha = 1.5) for sm_90, with the tiles, warps and stages the
-    library picks for a CUDA device."""
+    library picks for a CUDA device; with the fused final pass where the library uses it, or, with
+    exact_output, the separate output pass that return_stats=True takes."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
@@ -70,6 +71,7 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True) -> str:
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS, N_ITER=n_iter,
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
+                     FUSED_OUTPUT=not exact_output and entmax_attention._fuses_output(1.5, head_dim, n_iter),
                      DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
     # 16-byte aligned pointers, as torch allocates them: without this hint Triton does not pipeline.
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
@@ -108,6 +110,8 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--n-iter", type=int, nargs="+", default=[entmax_attention.default_n_iter(1.5)])
+    parser.add_argument("--exact-output", action="store_true",
+                        help="the separate output pass (return_stats=True) instead of the fused final pass")
     args = parser.parse_args(argv)
     ptxas = find_ptxas()
     if ptxas is None:
@@ -117,7 +121,8 @@ def main(argv=None) -> list[dict]:
     print("|---|---|---|---|---|")
     for head_dim in args.head_dims:
         for n_iter in args.n_iter:
-            row = {"head_dim": head_dim, "n_iter": n_iter, **ptxas_report(forward_ptx(head_dim, n_iter), ptxas)}
+            ptx = forward_ptx(head_dim, n_iter, exact_output=args.exact_output)
+            row = {"head_dim": head_dim, "n_iter": n_iter, **ptxas_report(ptx, ptxas)}
             rows.append(row)
             print(f"| {head_dim} | {n_iter} | {row['registers']} | {row['spill_stores']} | {row['c7515']} |")
     return rows
