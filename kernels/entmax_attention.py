@@ -159,12 +159,52 @@ def _query_tile_docs(DocIds_b, first_row, N, HAS_DOCS: tl.constexpr, BLOCK_M: tl
 
 
 @triton.jit
+def _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                  CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """Per-row maximum of the raw scores q.k of key tile kt (-inf where all masked)."""
+    cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = _load_rows(K_head, cols, N, HEAD_DIM)
+    needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
+                                  BLOCK_N)
+    raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+    return tl.max(raw, axis=1)
+
+
+@triton.jit
+def _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, N,
+                  CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Row maxima of the raw scores over the key tiles where they usually lie: the first allowed
+    tile (where trained models keep attention sinks) and the three around the diagonal (RoPE
+    favours near keys). A lower bound of the row maxima, equal to them for most query tiles."""
+    seed_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    if kt_end > kt_begin:
+        seed_max = _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, N,
+                                 CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        diagonal = (first_row + BLOCK_M - 1) // BLOCK_N
+        for offset in tl.static_range(3):
+            kt = tl.minimum(tl.maximum(diagonal - 1 + offset, kt_begin), kt_end - 1)
+            seed_max = tl.maximum(seed_max, _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                                          doc_q_last, kt, N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N,
+                                                          DOT_PRECISION))
+    return seed_max
+
+
+@triton.jit
 def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row,
-                N, z_scale, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Row maxima of z and every tile's maximum z (stored); counts tiles with an allowed entry."""
+                N, z_scale, bin_shift, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Row maxima of z and every tile's maximum z (stored); counts tiles with an allowed entry; and
+    the histogram of y = z - bin_shift (as _histogram_pass), over the tiles that can hold a y >= 0.
+
+    The histogram is the one the bracket needs when bin_shift = row maxima - 1, which the caller
+    can only guess (from _seed_row_max) before this pass; it checks the guess afterwards."""
     raw_row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     n_allowed = 0
+    counts = tl.zeros([BLOCK_M, NUM_BINS], dtype=tl.int32)
+    shift_times_bins = bin_shift * NUM_BINS
+    bin_floor = tl.min(bin_shift, axis=0)
     for kt in range(kt_begin, kt_end):
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load_rows(K_head, cols, N, HEAD_DIM)
@@ -176,7 +216,10 @@ def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
         tile_max = tl.max(tile_row_max, axis=0)
         tl.store(TileMax_row + kt, tile_max * z_scale)
         n_allowed += (tile_max > float("-inf")).to(tl.int32)
-    return raw_row_max * z_scale, n_allowed
+        # A tile whose maximum is below every row's shift only adds to no bin: skip the binning.
+        if tile_max * z_scale >= bin_floor:
+            counts += _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
+    return raw_row_max * z_scale, n_allowed, counts
 
 
 @triton.jit
@@ -303,71 +346,6 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_f
 
 
 @triton.jit
-def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold,
-                keep_above, TileList_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):
-    """A refinement pass (the power sums of _refine_pass) that also accumulates, around its own
-    threshold, what the output needs at the next one: for u = [z - threshold]_+ on the support S,
-    sum u^2 v (alpha = 1.5 only), sum u v and sum_S v. If the pass turns out to be the last one
-    (the Halley step d taken from its sums is the last needed, _tau.stop_residual), then at
-    tau = threshold + d the output is sum_S (u - d)^2 v = A2 - 2 d A1 + d^2 A0 (alpha = 1.5) or
-    sum_S (u - d) v = A1 - d A0 (sparsemax), exactly on S (_expanded_outputs): the output pass,
-    a whole pass over the tiles, is saved. What S misses, elements entering or leaving the support
-    during that step, is at most the mass the early stop already allows (_tau.stop_residual).
-
-    Keeps (in place) the listed tiles with a score above the rows' keep_above (the lower bound of
-    tau minus this threshold, <= 0): those that can hold a non-zero probability at any tau the
-    bracket allows. Returns the sums, the three accumulators and the kept count.
-    """
-    mass = tl.zeros([BLOCK_M], dtype=tl.float32)
-    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
-    curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc_u2 = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    acc_support = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    n_kept = 0
-    for i in range(0, n_list):
-        kt = tl.load(TileList_row + i)
-        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load_rows(K_head, cols, N, HEAD_DIM)
-        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
-                                      BLOCK_N)
-        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        gap = raw * z_scale - threshold[:, None]
-        u = tl.maximum(gap, 0.0)
-        tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
-        mass += tile_mass
-        slope += tile_slope
-        curvature += tile_curvature
-        v = _load_rows(V_head, cols, N, HEAD_DIM)
-        if ALPHA_MODE == 1:
-            acc_u2 = _dot((u * u).to(v.dtype), v, acc_u2, DOT_PRECISION)
-        acc_u = _dot(u.to(v.dtype), v, acc_u, DOT_PRECISION)
-        acc_support = _dot(tl.where(u > 0, 1.0, 0.0).to(v.dtype), v, acc_support, DOT_PRECISION)
-        keep = tl.max(tl.max(gap, axis=1) - keep_above, axis=0) > 0
-        tl.store(TileList_row + n_kept, kt, mask=keep)
-        n_kept += keep.to(tl.int32)
-    return mass, slope, curvature, acc_u2, acc_u, acc_support, n_kept
-
-
-@triton.jit
-def _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step, ALPHA_MODE: tl.constexpr):
-    """The output and the weighted value sums of _store_outputs at threshold + step, from the
-    accumulators of _final_pass at threshold (exact on that pass's support)."""
-    d = step[:, None]
-    if ALPHA_MODE == 1:
-        out = acc_u2 - 2.0 * d * acc_u + d * d * acc_support
-        g_values = acc_u - d * acc_support
-        g_sum = -0.5 * slope - step * (0.5 * curvature)  # sum (u - d) on the support
-    else:
-        out = acc_u - d * acc_support
-        g_values = acc_support
-        g_sum = -slope  # the support's size
-    return out, g_values, g_sum
-
-
-@triton.jit
 def _store_outputs(Out_head, Obar_head, rows, N, out, g_values, g_sum, HEAD_DIM: tl.constexpr):
     """Store the output and obar = sum_j g_ij v_j / sum_j g_ij with g = p^(2 - alpha): the backward's
     delta_i = sum_j g_ij dP_ij / sum_j g_ij is then dO_i . obar_i, one product per row instead of
@@ -392,27 +370,26 @@ def _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _entmax_attention_fwd_kernel(
-    Q, K, V, Out, Obar, DocIds, DocStart, DocEnd,
-    TileMax, TileList, TileMask, NonzeroCount, AllowedCount, Tau,
+def _entmax_attention_tau_kernel(
+    Q, K, DocIds, DocStart, DocEnd, TileMax, TileList, ListCount, AllowedCount, Tau,
     z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
-    FUSED_OUTPUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
+    """Forward, first launch: tau per row, and per query tile the list of key tiles that can hold a
+    non-zero probability (passes 1-5 of the module docstring)."""
     qt = tl.program_id(0)
     bh = tl.program_id(1)
     batch = bh // H
     kv_head = batch * (H // GROUP) + (bh % H) // GROUP
     Q_head = Q + bh.to(tl.int64) * N * HEAD_DIM
     K_head = K + kv_head.to(tl.int64) * N * HEAD_DIM
-    V_head = V + kv_head.to(tl.int64) * N * HEAD_DIM
     DocIds_b = DocIds + batch.to(tl.int64) * N
     table_row = bh.to(tl.int64) * n_q_tiles + qt
     TileMax_row = TileMax + table_row * n_k_tiles
     TileList_row = TileList + table_row * n_k_tiles
-    TileMask_row = TileMask + table_row * n_k_tiles
 
     first_row = qt * BLOCK_M
     rows = first_row + tl.arange(0, BLOCK_M)
@@ -422,9 +399,15 @@ def _entmax_attention_fwd_kernel(
     kt_begin, kt_end = _key_tile_range(qt, N, DocStart + batch.to(tl.int64) * N,
                                        DocEnd + batch.to(tl.int64) * N, CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
 
-    row_max, n_allowed = _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
-                                     TileMax_row, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                                     DOT_PRECISION)
+    # The histogram is binned during the dense pass against the row maxima of a few seed tiles.
+    # Where those are the row maxima (the common case) that is the histogram the bracket needs, and
+    # the separate histogram pass, a second QK^T over every candidate tile, is skipped.
+    seed_max = _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
+                             N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, DOT_PRECISION) * z_scale
+    bin_shift = tl.where((rows < N) & (seed_max > float("-inf")), seed_max - 1.0, float("inf"))
+    row_max, n_allowed, counts = _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
+                                             kt_begin, kt_end, TileMax_row, N, z_scale, bin_shift, CAUSAL, HAS_DOCS,
+                                             HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, DOT_PRECISION)
     # Padding rows past N were not masked (their scores are 0): drop them here.
     row_max = tl.where(rows < N, row_max, float("-inf"))
     n_list = _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CHUNK)
@@ -432,58 +415,76 @@ def _entmax_attention_fwd_kernel(
     # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Padding rows get
     # shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
     shift = tl.where(row_max > float("-inf"), row_max - 1.0, float("inf"))
-    counts = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
-                             TileList_row, n_list, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                             NUM_BINS, DOT_PRECISION)
+    # A row whose maximum lies outside the seed tiles was binned against a lower shift: redo the
+    # histogram for the tile. "Differs" rather than "is larger": should the compiled seed products
+    # round differently from the dense pass's, the histogram is redone rather than off by an ulp.
+    seeds_missed = tl.max(((rows < N) & (row_max != seed_max)).to(tl.int32), axis=0)
+    if seeds_missed > 0:
+        counts = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
+                                 TileList_row, n_list, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                                 NUM_BINS, DOT_PRECISION)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
     n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
     # Rows with a threshold to find (padding and fully masked rows have shift = +inf, mass 0).
     solving = (rows < N) & (shift < float("inf"))
-    Out_head = Out + bh.to(tl.int64) * N * HEAD_DIM
-    Obar_head = Obar + bh.to(tl.int64) * N * HEAD_DIM
-    converged = tl.zeros([], dtype=tl.int32)  # scalar flags (ints: the frontend wants one type)
-    stored = tl.zeros([], dtype=tl.int32)
-    for i in tl.static_range(N_ITER):
+    converged = tl.zeros([], dtype=tl.int32)  # a scalar flag (an int: the frontend wants one type)
+    for _ in tl.static_range(N_ITER):
         # Passes after the one that found every row of the tile within stop_residual of mass 1 are
         # skipped: the step taken from there is the last one needed (_tau.stop_residual). The
         # passes stay unrolled under a scalar guard: a runtime loop was 10% slower (docs/kernels.md).
         if converged == 0:
-            if FUSED_OUTPUT and i == 1:
-                # The second pass is the last one for nearly every tile (docs/kernels.md): it also
-                # gathers the output, so no output pass follows when it converges.
-                mass, slope, curvature, acc_u2, acc_u, acc_support, n_list = _final_pass(
-                    q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
-                    lo - t, TileList_row, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                    ALPHA_MODE, DOT_PRECISION)
-                converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
-                t_next, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
-                if converged != 0:
-                    out, g_values, g_sum = _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature,
-                                                             tl.where(solving, t_next - t, 0.0), ALPHA_MODE)
-                    _store_outputs(Out_head, Obar_head, rows, N, out, g_values, g_sum, HEAD_DIM)
-                    stored = converged
-                t = t_next
-            else:
-                mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
-                                                      doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
-                                                      CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
-                                                      DOT_PRECISION)
-                converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
-                t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+            mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                                  doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
+                                                  CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                  DOT_PRECISION)
+            converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
+            t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
             n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
 
-    tau = shift + t
-    if stored == 0:
-        out, g_values, g_sum, n_list = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row,
-                                                    doc_q_first, doc_q_last, tau, TileList_row, n_list, N, z_scale,
-                                                    power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
-                                                    DOT_PRECISION)
-        _store_outputs(Out_head, Obar_head, rows, N, out, g_values, g_sum, HEAD_DIM)
-    _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK)
-    tl.store(Tau + bh.to(tl.int64) * N + rows, tau, mask=rows < N)
-    tl.store(NonzeroCount + table_row, n_list)
+    # Padding rows keep tau = +inf (shift), so the output kernel needs no row mask either.
+    tl.store(Tau + bh.to(tl.int64) * N + rows, shift + t, mask=rows < N)
+    tl.store(ListCount + table_row, n_list)
     tl.store(AllowedCount + table_row, n_allowed)
+
+
+@triton.jit
+def _entmax_attention_output_kernel(
+    Q, K, V, Out, Obar, DocIds, TileList, TileMask, NonzeroCount, Tau,
+    z_scale, power, N, n_q_tiles, n_k_tiles,
+    H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Forward, second launch: the output pass (6) over the tiles the first launch listed. A launch
+    of its own, so that its two [BLOCK_M, HEAD_DIM] accumulators do not raise the register count of
+    the threshold passes, which then run with more programs per multiprocessor (docs/kernels.md).
+    NonzeroCount holds the list's length on entry and the non-zero tiles' count on exit."""
+    qt = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // H
+    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
+    head_offset = bh.to(tl.int64) * N * HEAD_DIM
+    K_head = K + kv_head.to(tl.int64) * N * HEAD_DIM
+    V_head = V + kv_head.to(tl.int64) * N * HEAD_DIM
+    DocIds_b = DocIds + batch.to(tl.int64) * N
+    table_row = bh.to(tl.int64) * n_q_tiles + qt
+    TileList_row = TileList + table_row * n_k_tiles
+
+    first_row = qt * BLOCK_M
+    rows = first_row + tl.arange(0, BLOCK_M)
+    q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
+    row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
+    doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, first_row, N, HAS_DOCS, BLOCK_M)
+    tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
+    n_list = tl.load(NonzeroCount + table_row)
+    out, g_values, g_sum, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row,
+                                                   doc_q_first, doc_q_last, tau, TileList_row, n_list, N, z_scale,
+                                                   power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                   DOT_PRECISION)
+    _store_outputs(Out + head_offset, Obar + head_offset, rows, N, out, g_values, g_sum, HEAD_DIM)
+    _mark_tiles(TileList_row, TileMask + table_row * n_k_tiles, n_nonzero, CHUNK)
+    tl.store(NonzeroCount + table_row, n_nonzero)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,9 +639,6 @@ class _LaunchConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    # Whether the forward's second refinement pass also gathers the output (_final_pass); off where
-    # the stats must be exact (see entmax_attention) and where it does not apply (_fuses_output).
-    fused_output: bool
 
     @property
     def z_scale(self) -> float:
@@ -653,7 +651,7 @@ class _LaunchConfig:
 
 def is_interpreting() -> bool:
     """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(_entmax_attention_fwd_kernel).__name__ == "InterpretedFunction"
+    return type(_entmax_attention_tau_kernel).__name__ == "InterpretedFunction"
 
 
 def require_runnable_device(device: torch.device, caller: str) -> None:
@@ -680,19 +678,6 @@ def _default_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, 
     if head_dim <= 128:
         return 64, 64, 4, 3
     return 32, 32, 4, 2
-
-
-# The fused final pass holds three [BLOCK_M, head_dim] fp32 accumulators beside the refinement's
-# registers; above head_dim 64 they would spill (scripts/offline_ptxas.py), so larger heads keep a
-# separate output pass.
-_FUSED_OUTPUT_MAX_HEAD_DIM = 64
-
-
-def _fuses_output(alpha: float, head_dim: int, n_iter: int) -> bool:
-    """Whether the forward's second refinement pass can also gather the output (_final_pass): its
-    expansion is exact on a fixed support only where p is a polynomial in u (alpha = 1.5: u^2;
-    sparsemax: u), and it needs a second pass to exist."""
-    return _tau.alpha_mode(alpha) != 0 and head_dim <= _FUSED_OUTPUT_MAX_HEAD_DIM and n_iter >= 2
 
 
 def _check_block_sizes(block_sizes) -> tuple[int, int]:
@@ -819,14 +804,16 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         doc_start = doc_end = doc_ids
     grid = (n_q_tiles, batch * heads)
     common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m,
-                  BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
-                  DOT_PRECISION=_dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages)
-    _entmax_attention_fwd_kernel[grid](
-        q, k, v, out, obar, doc_ids, doc_start, doc_end, tile_max, tile_list, tile_mask, nonzero_count, allowed_count,
-        tau, config.z_scale, config.power, _tau.stop_residual(config.alpha, q.dtype != torch.float32), seq_len,
-        n_q_tiles, n_k_tiles, ALPHA_MODE=_tau.alpha_mode(config.alpha),
-        NUM_BINS=NUM_BINS, N_ITER=config.n_iter, CHUNK=_COMPACTION_CHUNK, FUSED_OUTPUT=config.fused_output,
-        **common)
+                  BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
+                  CHUNK=_COMPACTION_CHUNK, DOT_PRECISION=_dot_precision(q.dtype), num_warps=config.num_warps,
+                  num_stages=config.num_stages)
+    _entmax_attention_tau_kernel[grid](
+        q, k, doc_ids, doc_start, doc_end, tile_max, tile_list, nonzero_count, allowed_count, tau, config.z_scale,
+        config.power, _tau.stop_residual(config.alpha, q.dtype != torch.float32), seq_len, n_q_tiles, n_k_tiles,
+        NUM_BINS=NUM_BINS, N_ITER=config.n_iter, **common)
+    _entmax_attention_output_kernel[grid](
+        q, k, v, out, obar, doc_ids, tile_list, tile_mask, nonzero_count, tau, config.z_scale, config.power,
+        seq_len, n_q_tiles, n_k_tiles, **common)
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
@@ -929,8 +916,7 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     if block_sizes is not None:
         block_m, block_n = _check_block_sizes(block_sizes)
     config = _LaunchConfig(alpha=alpha, causal=causal, scale=float(scale), n_iter=n_iter, block_m=block_m,
-                           block_n=block_n, num_warps=num_warps, num_stages=num_stages,
-                           fused_output=not return_stats and _fuses_output(alpha, head_dim, n_iter))
+                           block_n=block_n, num_warps=num_warps, num_stages=num_stages)
 
     batch, _, seq_len, _ = q.shape
     if doc_ids is None:

@@ -34,7 +34,7 @@ entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `ker
 
 _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileMax": "*fp32",
                   "Tau": "*fp32", "TileMask": "*i8"}
-_INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "NonzeroCount", "AllowedCount")
+_INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount")
 _FLOAT_ARGS = ("z_scale", "power", "stop_residual")
 _INT_ARGS = ("N", "n_q_tiles", "n_k_tiles")
 
@@ -47,14 +47,19 @@ def find_ptxas() -> str | None:
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
-def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, exact_output: bool = False) -> str:
-    """PTX of the fused forward (bf16, alpha = 1.5) for sm_90, with the tiles, warps and stages the
-    library picks for a CUDA device; with the fused final pass where the library uses it, or, with
-    exact_output, the separate output pass that return_stats=True takes."""
+FORWARD_KERNELS = ("tau", "output")
+
+
+def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "tau") -> str:
+    """PTX of one of the forward's two launches (bf16, alpha = 1.5) for sm_90: "tau" (the threshold
+    passes; n_iter matters there) or "output", with the tiles, warps and stages the library picks
+    for a CUDA device."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
-    fn = entmax_attention._entmax_attention_fwd_kernel
+    if kernel not in FORWARD_KERNELS:
+        raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
+    fn = getattr(entmax_attention, f"_entmax_attention_{kernel}_kernel")
     signature = {}
     for name in fn.arg_names:
         if name in _POINTER_TYPES:
@@ -71,8 +76,8 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, exact_output: b
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS, N_ITER=n_iter,
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
-                     FUSED_OUTPUT=not exact_output and entmax_attention._fuses_output(1.5, head_dim, n_iter),
                      DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
+    constants = {name: value for name, value in constants.items() if name in fn.arg_names}
     # 16-byte aligned pointers, as torch allocates them: without this hint Triton does not pipeline.
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
     compiled = triton.compile(ASTSource(fn, signature, constants, attrs=attrs), target=GPUTarget("cuda", 90, 32),
@@ -110,21 +115,21 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--n-iter", type=int, nargs="+", default=[entmax_attention.default_n_iter(1.5)])
-    parser.add_argument("--exact-output", action="store_true",
-                        help="the separate output pass (return_stats=True) instead of the fused final pass")
     args = parser.parse_args(argv)
     ptxas = find_ptxas()
     if ptxas is None:
         parser.error("ptxas not found: put CUDA's bin/ on PATH or set PTXAS")
     rows = []
-    print("| head dim | n_iter | registers | spill stores (bytes) | C7515 (serialized wgmma) |")
-    print("|---|---|---|---|---|")
-    for head_dim in args.head_dims:
-        for n_iter in args.n_iter:
-            ptx = forward_ptx(head_dim, n_iter, exact_output=args.exact_output)
-            row = {"head_dim": head_dim, "n_iter": n_iter, **ptxas_report(ptx, ptxas)}
-            rows.append(row)
-            print(f"| {head_dim} | {n_iter} | {row['registers']} | {row['spill_stores']} | {row['c7515']} |")
+    print("| kernel | head dim | n_iter | registers | spill stores (bytes) | C7515 (serialized wgmma) |")
+    print("|---|---|---|---|---|---|")
+    for kernel in FORWARD_KERNELS:
+        for head_dim in args.head_dims:
+            for n_iter in args.n_iter if kernel == "tau" else [None]:
+                ptx = forward_ptx(head_dim, n_iter or 0, kernel=kernel)
+                row = {"kernel": kernel, "head_dim": head_dim, "n_iter": n_iter, **ptxas_report(ptx, ptxas)}
+                rows.append(row)
+                print(f"| {kernel} | {head_dim} | {'-' if n_iter is None else n_iter} | {row['registers']} | "
+                      f"{row['spill_stores']} | {row['c7515']} |")
     return rows
 
 

@@ -104,7 +104,7 @@ def test_probabilities_sum_to_one_at_32k():
     seq_len, head_dim = 32768, 64
     q, k, v = rope_qkv(1, 2, 2, seq_len, head_dim, temperature=0.4, seed=7)
     config = attention_module._LaunchConfig(alpha=1.5, causal=True, scale=head_dim ** -0.5, n_iter=2, block_m=64,
-                                            block_n=64, num_warps=4, num_stages=2, fused_output=True)
+                                            block_n=64, num_warps=4, num_stages=2)
     placeholder = torch.zeros(1, dtype=torch.int32, device="cuda")
     with torch.no_grad():
         _, _, tau, *_ = attention_module._forward(q, k, v, placeholder, None, None, config)
