@@ -10,8 +10,8 @@
 #              BENCH_REGIMES, BENCH_METHODS, BENCH_TIMEOUT), then one table and plot under
 #              $ADASPLASH_RUNS/bench (docs/benchmarks.md §1c: 32k at D 128 needs more than 300 s)
 #   summary    tokens/s and final losses of every run under $ADASPLASH_RUNS as a markdown table
-#   profile    Nsight Compute PC sampling of the fused entmax forward (8k, D 64, trained inputs), its
-#              share of stall samples per pass (scripts/ncu_phases.py) under $ADASPLASH_RUNS/profile
+#   profile    Nsight Compute PC sampling of the entmax forward's threshold launch (8k, D 64, trained
+#              inputs), its share of stall samples per pass (scripts/ncu_phases.py) under $ADASPLASH_RUNS/profile
 # Source it (`. scripts/gpu_runs.sh setup`) so the environment set by `setup` stays.
 set -eo pipefail
 
@@ -81,7 +81,7 @@ bench() {
 profile() {
   local dir="$ADASPLASH_RUNS/profile"
   mkdir -p "$dir"
-  ncu --clock-control none --kernel-name regex:_entmax_attention_fwd --launch-skip 3 --launch-count 1 \
+  ncu --clock-control none --kernel-name regex:_entmax_attention_tau --launch-skip 3 --launch-count 1 \
     --section SourceCounters --import-source yes -f -o "$dir/fwd" \
     "$py" -m scripts.bench_attention --seqlens ${PROFILE_SEQLEN:-8192} --head-dims 64 --regimes trained --methods ours
   ncu -i "$dir/fwd.ncu-rep" --page source --csv --print-source cuda,sass > "$dir/fwd_source.csv"

@@ -1,15 +1,16 @@
-"""Where the fused entmax forward spends its time, per pass, from an Nsight Compute profile.
+"""Where the entmax forward's threshold launch spends its time, per pass, from an Nsight Compute profile.
 
 Triton inlines every helper into one kernel, so a per-function profile says nothing; but its SASS
 keeps line info. ncu's source page with `--print-source cuda,sass` lists each source line and the
 SASS instructions under it with their warp-stall samples. This script walks the instructions in
-address order (which is program order for this kernel: dense pass, candidates, histogram, bracket,
-refinement passes, output) and charges every instruction to the pass that was last entered, so the
-shared helpers (`_raw_scores`, `_load_rows`, `_dot`, Triton's reductions) count for the pass that
+address order (which is program order for this kernel: seed tiles, dense pass, candidates,
+histogram, bracket, refinement passes; an export of the output launch splits into its prologue and
+`_output_pass`) and charges every instruction to the pass that was last entered, so the shared
+helpers (`_raw_scores`, `_load_rows`, `_dot`, Triton's reductions) count for the pass that
 inlines them. A new refinement pass starts at the first `_refine_pass` line after a Halley update
 and the tile dropping that follows it.
 
-    ncu --clock-control none --kernel-name regex:_entmax_attention_fwd --launch-skip 3 --launch-count 1 \\
+    ncu --clock-control none --kernel-name regex:_entmax_attention_tau --launch-skip 3 --launch-count 1 \\
         --section SourceCounters --import-source yes -o fwd python -m scripts.bench_attention \\
         --seqlens 8192 --head-dims 64 --regimes trained --methods ours
     ncu -i fwd.ncu-rep --page source --csv --print-source cuda,sass > fwd_source.csv
@@ -28,8 +29,10 @@ import sys
 from pathlib import Path
 
 KERNEL_FILES = ("entmax_attention.py", "_tau.py")
-# The passes of _entmax_attention_fwd_kernel, in program order, by the helper that runs each.
-PASSES = ("_dense_pass", "_compact_candidates", "_histogram_pass", "bracket_from_histogram",
+# The passes of the forward, in program order, by the helper that runs each: _tile_row_max is the
+# seed tiles' products (_seed_row_max) before the dense pass; _output_pass is the second launch,
+# _entmax_attention_output_kernel, whose report is exported separately.
+PASSES = ("_tile_row_max", "_dense_pass", "_compact_candidates", "_histogram_pass", "bracket_from_histogram",
           "_refine_pass", "_output_pass")
 
 

@@ -22,12 +22,12 @@ def _write_export(path, blocks):
     address = 0x1000
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["Kernel Name", "_entmax_attention_fwd_kernel"])
+        out.writerow(["Kernel Name", "_entmax_attention_tau_kernel"])
         current_file = None
         for file_path, line, samples in blocks:
             if file_path != current_file:
                 out.writerow(["File Path", file_path])
-                out.writerow(["Function Name", "_entmax_attention_fwd_kernel"])
+                out.writerow(["Function Name", "_entmax_attention_tau_kernel"])
                 out.writerow(["Line No", "Source", "Address", "Source", "Warp Stall Sampling (All Samples)", "x"])
                 current_file = file_path
             out.writerow([str(line), "src", "-", "-", str(sum(samples)), "0"])

@@ -39,9 +39,11 @@ def test_refuses_the_interpreter():
 @pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
 def test_ptxas_report():
     done = _run("from scripts import offline_ptxas\n"
-                "row, = offline_ptxas.main(['--head-dims', '64', '--n-iter', '1'])\n"
-                "print(row['registers'], row['spill_stores'], row['c7515'])")
+                "tau, output = offline_ptxas.main(['--head-dims', '64', '--n-iter', '1'])\n"
+                "for row in (tau, output): print(row['kernel'], row['registers'], row['spill_stores'], row['c7515'])")
     assert done.returncode == 0, done.stderr[-2000:]
-    registers, spills, c7515 = done.stdout.splitlines()[-1].split()
-    assert 64 <= int(registers) <= 255 and spills == "0" and c7515 in ("True", "False")
-    assert done.stdout.splitlines()[2].startswith("| 64 | 1 | ")
+    for line, kernel in zip(done.stdout.splitlines()[-2:], ("tau", "output")):
+        name, registers, spills, c7515 = line.split()
+        assert name == kernel and 64 <= int(registers) <= 255 and spills == "0" and c7515 in ("True", "False")
+    assert done.stdout.splitlines()[2].startswith("| tau | 64 | 1 | ")
+    assert done.stdout.splitlines()[3].startswith("| output | 64 | - | ")
