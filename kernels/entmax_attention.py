@@ -1,18 +1,24 @@
 """Fused alpha-entmax attention in Triton: forward and backward, with zero-tile skipping.
 
 The algorithm is ARCHITECTURE.md section 4; docs/kernels.md explains the design and the measured
-speed. In short, one program per (query tile, head) runs, in one launch:
+speed. In short, the forward is two launches, each with one program per (query tile, head). The
+first (_entmax_attention_tau_kernel) finds tau:
 
-1. a dense pass over every allowed key tile: the row maxima m and each tile's maximum score;
+1. a dense pass over every allowed key tile: the row maxima m and each tile's maximum score, and,
+   binned on the fly against the row maxima of a few seed tiles (the first key tile and those
+   around the diagonal), the histogram of step 3;
 2. candidate tiles: a tile whose maximum is below min(m) - 1 holds only exact zeros, because
    tau >= m - 1 for every row; the others are compacted into a per-query-tile list;
-3. a histogram pass over the candidates: per-row counts of y = z - (m - 1) in [0, 1], which give
-   a bracket for tau one bin wide (kernels/_tau.py);
-4. n_iter Halley passes over the listed tiles; after the histogram and after each step, tiles
-   whose stored maximum is at or below every row's lower bound of tau (never above the final
-   tau) are dropped, at no matrix-product cost;
-5. the output pass over the remaining tiles, which records the tiles that really hold non-zero
-   probabilities: the backward visits only those.
+3. the histogram: per-row counts of y = z - (m - 1) in [0, 1], which give a bracket for tau one
+   bin wide (kernels/_tau.py); a separate pass over the candidates recomputes it only for query
+   tiles where some row's maximum lies outside the seed tiles;
+4. at most n_iter Halley passes over the listed tiles; after the histogram and after each step,
+   tiles whose stored maximum is at or below every row's lower bound of tau (never above the
+   final tau) are dropped, at no matrix-product cost.
+
+The second (_entmax_attention_output_kernel) is the output pass over the remaining tiles: the
+output, obar = sum g v / sum g (g = p^(2 - alpha), for the backward's delta), and the tiles that
+really hold non-zero probabilities: the backward visits only those.
 
 Scores are z = (alpha - 1) * scale * q.k throughout; masked entries are -inf.
 """
