@@ -1,10 +1,11 @@
-"""Compile the fused entmax forward for sm_90 on a machine without a GPU and read ptxas's report:
-registers, spills, and the C7515 warning (serialized wgmma), per head dim and pass count.
+"""Compile the entmax forward's two launches for sm_90 on a machine without a GPU and read ptxas's
+report: registers, spills, and the C7515 warning (serialized wgmma), per launch, head dim and pass
+count.
 
 Triton builds the PTX for a Hopper target offline; CUDA's ptxas ($PTXAS, on PATH, under
 /usr/local/cuda*/bin, or the copy Triton's wheel bundles) assembles it; when that ptxas is older
 than the PTX's `.version`, the PTX is relabelled with the version it accepts. docs/kernels.md
-("What remains") used this to trace C7515 to the output pass's stores.
+("What remains") used this to trace C7515 to the output pass's stores and to size the launches.
 
     python scripts/offline_ptxas.py --head-dims 64 128 --n-iter 0 4
 """
