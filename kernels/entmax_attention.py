@@ -130,6 +130,18 @@ def _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N,
 
 
 @triton.jit
+def _query_tile_program(N, n_q_tiles, H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's query tile, (batch * head) index and batch, the element offsets of its query
+    head and of the kv head that head reads (grouped-query), and its row of the tile tables."""
+    qt = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // H
+    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
+    table_row = bh.to(tl.int64) * n_q_tiles + qt
+    return qt, bh, batch, bh.to(tl.int64) * N * HEAD_DIM, kv_head.to(tl.int64) * N * HEAD_DIM, table_row
+
+
+@triton.jit
 def _key_tile_range(qt, N, DocStart_b, DocEnd_b, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[first, end) key tiles that can meet query tile qt: causal and document bounds."""
@@ -386,14 +398,10 @@ def _entmax_attention_tau_kernel(
 ):
     """Forward, first launch: tau per row, and per query tile the list of key tiles that can hold a
     non-zero probability (passes 1-5 of the module docstring)."""
-    qt = tl.program_id(0)
-    bh = tl.program_id(1)
-    batch = bh // H
-    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
-    Q_head = Q + bh.to(tl.int64) * N * HEAD_DIM
-    K_head = K + kv_head.to(tl.int64) * N * HEAD_DIM
+    qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    Q_head = Q + head_offset
+    K_head = K + kv_offset
     DocIds_b = DocIds + batch.to(tl.int64) * N
-    table_row = bh.to(tl.int64) * n_q_tiles + qt
     TileMax_row = TileMax + table_row * n_k_tiles
     TileList_row = TileList + table_row * n_k_tiles
 
@@ -466,15 +474,10 @@ def _entmax_attention_output_kernel(
     of its own, so that its two [BLOCK_M, HEAD_DIM] accumulators do not raise the register count of
     the threshold passes, which then run with more programs per multiprocessor (docs/kernels.md).
     NonzeroCount holds the list's length on entry and the non-zero tiles' count on exit."""
-    qt = tl.program_id(0)
-    bh = tl.program_id(1)
-    batch = bh // H
-    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
-    head_offset = bh.to(tl.int64) * N * HEAD_DIM
-    K_head = K + kv_head.to(tl.int64) * N * HEAD_DIM
-    V_head = V + kv_head.to(tl.int64) * N * HEAD_DIM
+    qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    K_head = K + kv_offset
+    V_head = V + kv_offset
     DocIds_b = DocIds + batch.to(tl.int64) * N
-    table_row = bh.to(tl.int64) * n_q_tiles + qt
     TileList_row = TileList + table_row * n_k_tiles
 
     first_row = qt * BLOCK_M
@@ -511,15 +514,10 @@ def _entmax_attention_bwd_dq_kernel(
     dL/ds_ij = g_ij (dP_ij - delta_i) with g = p^(2 - alpha). delta_i = dO_i . obar_i, where the
     forward stored obar_i = sum_j g_ij v_j / sum_j g_ij, so one pass over the tiles suffices.
     """
-    qt = tl.program_id(0)
-    bh = tl.program_id(1)
-    batch = bh // H
-    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
-    head_offset = bh.to(tl.int64) * N * HEAD_DIM
-    K_head = K + kv_head.to(tl.int64) * N * HEAD_DIM
-    V_head = V + kv_head.to(tl.int64) * N * HEAD_DIM
+    qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    K_head = K + kv_offset
+    V_head = V + kv_offset
     DocIds_b = DocIds + batch.to(tl.int64) * N
-    table_row = bh.to(tl.int64) * n_q_tiles + qt
     TileList_row = TileList + table_row * n_k_tiles
 
     rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
