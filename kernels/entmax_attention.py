@@ -398,7 +398,7 @@ def _entmax_attention_tau_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     """Forward, first launch: tau per row, and per query tile the list of key tiles that can hold a
-    non-zero probability (passes 1-5 of the module docstring)."""
+    non-zero probability (steps 1-4 of the module docstring)."""
     qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
     Q_head = Q + head_offset
     K_head = K + kv_offset
@@ -471,7 +471,7 @@ def _entmax_attention_output_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Forward, second launch: the output pass (6) over the tiles the first launch listed. A launch
+    """Forward, second launch: the output pass over the tiles the first launch listed. A launch
     of its own, so that its two [BLOCK_M, HEAD_DIM] accumulators do not raise the register count of
     the threshold passes, which then run with more programs per multiprocessor (docs/kernels.md).
     NonzeroCount holds the list's length on entry and the non-zero tiles' count on exit."""
