@@ -8,6 +8,7 @@ with relative errors ||a - b|| / ||b||; a NaN anywhere fails.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -282,13 +283,25 @@ BAD_INPUTS = [
     (lambda: (*_qkv(), {"block_sizes": (24, 16)}), ValueError, "power of two"),
     (lambda: (_qkv()[0], _qkv(device="meta")[1], _qkv()[2], {}), ValueError, "one device"),
     (lambda: (*_qkv(device="meta"), {}), RuntimeError, "kernels.reference"),
+    (lambda: (*_qkv(shape_q=(65536, 1, 1, 16), shape_kv=(65536, 1, 1, 16)), {}), ValueError,
+     "65536 batch * heads exceed CUDA's grid limit"),
 ]
+
+
+def test_sequences_beyond_the_grid_limit_are_refused():
+    """Query and key tiles sit in a grid dimension CUDA caps at 65535 (too large to allocate here)."""
+    check_grid = sys.modules["kernels.entmax_attention"]._check_grid
+    check_grid(16, 65535 * 64, 64, 64)
+    with pytest.raises(ValueError, match="65536 query tiles exceed .* use a shorter seq_len"):
+        check_grid(16, 65535 * 64 + 1, 64, 64)
+    with pytest.raises(ValueError, match="65536 key tiles exceed"):
+        check_grid(16, 65535 * 64 + 1, 128, 64)
 
 
 @pytest.mark.parametrize("make,error,message", BAD_INPUTS)
 def test_bad_inputs_raise_clear_errors(make, error, message):
     *tensors, kwargs = make()
-    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+    with pytest.raises(error, match=re.escape(message)):
         kernels.entmax_attention(*tensors, **kwargs)
 
 
