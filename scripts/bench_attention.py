@@ -3,6 +3,8 @@
 Times forward and forward+backward (median of triton.testing.do_bench) and peak memory, bf16,
 causal, B=1, H=16, for every (N, D, input regime), with all methods in the same process on the
 same card, and reports the measured block sparsity of each input (ARCHITECTURE.md section 5).
+``--timing graph`` replays the calls from a CUDA graph instead, which removes the host's launch
+cost: the GPU's own time, for the cases where the host is slower than the GPU (see `time_ms`).
 
     python -m scripts.bench_attention --seqlens 4096 8192 --head-dims 64 --json runs/bench.json
     python -m scripts.bench_attention --calibrate --target 0.6 --calib-n 8192 --calib-d 64
@@ -300,15 +302,23 @@ def measure_block_sparsity(q, k, ours=None, n_row_tiles: int = 16) -> tuple[floa
     return value, f"reference ({n_row_tiles} row tiles)"
 
 
-def _cycle(attention, input_sets, backward):
-    """A closure that runs one call per invocation, rotating through the input sets."""
+TIMINGS = ("wall", "graph")
+
+
+def _cycle(attention, input_sets, backward, accumulate: bool = True):
+    """A closure that runs one call per invocation, rotating through the input sets. With
+    accumulate=False the backward returns its gradients (torch.autograd.grad) instead of adding
+    them to .grad, so calls replayed from a CUDA graph, where nothing resets .grad between them,
+    time no accumulation kernels."""
     state = {"i": 0}
 
     def run():
         q, k, v, grad = input_sets[state["i"] % len(input_sets)]
         state["i"] += 1
-        if backward:
+        if backward and accumulate:
             attention(q, k, v).backward(grad)
+        elif backward:
+            torch.autograd.grad(attention(q, k, v), (q, k, v), grad)
         else:
             with torch.no_grad():
                 attention(q, k, v)
@@ -316,11 +326,24 @@ def _cycle(attention, input_sets, backward):
     return run
 
 
-def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 100) -> float:
-    """Median milliseconds of one call (CUDA, triton.testing.do_bench)."""
-    from triton.testing import do_bench
+def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 100, timing: str = "wall") -> float:
+    """Median milliseconds of one call (CUDA).
 
+    timing "wall": triton.testing.do_bench, calls launched from Python one after another: the time a
+    caller waits, which is the host's launch cost (Python, allocations, autograd) wherever that
+    exceeds the GPU's work. "graph": do_bench_cudagraph, the calls replayed from a CUDA graph, so
+    the host drops out and the GPU's time remains (docs/benchmarks.md §1f measured both).
+    """
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    if timing not in TIMINGS:
+        raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
     leaves = [t for inputs in input_sets for t in inputs[:3]]
+    if timing == "graph":
+        # Capture needs a stream other than the default one.
+        with torch.cuda.stream(torch.cuda.Stream()):
+            return float(do_bench_cudagraph(_cycle(attention, input_sets, backward, accumulate=False), rep=rep,
+                                            return_mode="median"))
     return float(
         do_bench(
             _cycle(attention, input_sets, backward),
@@ -362,9 +385,9 @@ def input_sets_for(q, k, v, n_sets: int, max_set_bytes: int = 256 * 2**20):
 
 
 def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_sets: int = 3,
-               backward: bool = True) -> list[BenchRow]:
+               backward: bool = True, timing: str = "wall") -> list[BenchRow]:
     """All methods on one input (CUDA tensors); failures become rows with a note. backward=False
-    times the forward alone (fwd+bwd and peak memory stay empty)."""
+    times the forward alone (fwd+bwd and peak memory stay empty); timing as in time_ms."""
     rows = []
     input_sets = input_sets_for(q, k, v, n_sets)
     for name, attention in methods.items():
@@ -374,9 +397,9 @@ def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_
             rows.append(row)
             continue
         try:
-            row.fwd_ms = time_ms(attention, input_sets, backward=False)
+            row.fwd_ms = time_ms(attention, input_sets, backward=False, timing=timing)
             if backward:
-                row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True)
+                row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True, timing=timing)
             row.peak_mib = peak_mib(attention, input_sets[0], backward=backward)
             row.note = _selection_note(attention, q, k, v)
         except torch.cuda.OutOfMemoryError:
@@ -560,6 +583,9 @@ def parse_args(argv=None):
     p.add_argument("--ours-n-iter", type=int, nargs="+", default=[], metavar="K",
                    help="also time our kernel with K refinement passes (rows ours_n<K>); each K compiles "
                         "its own kernel, so per-pass costs come from a profile (scripts/ncu_phases.py)")
+    p.add_argument("--timing", choices=TIMINGS, default="wall",
+                   help="wall: calls launched one after another (do_bench), host cost included; graph: "
+                        "replayed from a CUDA graph (do_bench_cudagraph), the GPU's time alone")
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -646,7 +672,13 @@ def main(argv=None) -> list[BenchRow]:
     if args.from_json:
         rows, metas = read_json(args.from_json)
         devices = sorted({m.get("device", "?") for m in metas})
-        print(f"# {len(rows)} rows from {len(args.from_json)} file(s), measured on {', '.join(devices)}")
+        # Files written before --timing existed were all wall-clock.
+        timings = sorted({m.get("timing", "wall") for m in metas})
+        if len(timings) > 1:
+            raise SystemExit(f"--from-json: the files were timed differently ({', '.join(timings)}): their "
+                             f"milliseconds do not compare; tabulate each timing separately")
+        print(f"# {len(rows)} rows from {len(args.from_json)} file(s), measured on {', '.join(devices)}, "
+              f"timing: {timings[0]}")
         print(format_table(rows))
         if args.plot:
             plot_rows(rows, args.plot, title=", ".join(devices))
@@ -665,8 +697,9 @@ def main(argv=None) -> list[BenchRow]:
         methods[f"ours_n{n_iter}"] = _ours(n_iter) if ours is not None else "skipped: ours is unavailable"
 
     meta = environment() | {"dtype": "bfloat16", "causal": not decode, "batch": args.batch, "heads": args.heads,
-                            "decode_queries": args.decode}
-    print(f"# attention benchmark on {meta['device']} (torch {meta['torch']}, triton {meta.get('triton')})")
+                            "decode_queries": args.decode, "timing": args.timing}
+    print(f"# attention benchmark on {meta['device']} (torch {meta['torch']}, triton {meta.get('triton')}), "
+          f"timing: {args.timing}")
     rows = []
     for label, n, d, q, k, v in _cases(args):
         q, k, v = (t.to("cuda", torch.bfloat16).contiguous() for t in (q, k, v))
@@ -675,7 +708,8 @@ def main(argv=None) -> list[BenchRow]:
             q, sparsity, label = q[:, :, -args.decode:].contiguous(), (None, ""), f"{label}, decode {args.decode}q"
         else:
             sparsity = measure_block_sparsity(q, k, ours=ours, n_row_tiles=args.row_tiles)
-        case_rows = bench_case(methods, q, k, v, n, d, label, sparsity, n_sets=args.input_sets, backward=not decode)
+        case_rows = bench_case(methods, q, k, v, n, d, label, sparsity, n_sets=args.input_sets, backward=not decode,
+                               timing=args.timing)
         for row in case_rows:
             print(f"  {row.method:>10} N={n} D={d} {label}: fwd {_fmt(row.fwd_ms, '.3f')} ms, "
                   f"fwd+bwd {_fmt(row.fwd_bwd_ms, '.3f')} ms {row.note}", flush=True)

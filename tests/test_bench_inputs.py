@@ -218,7 +218,7 @@ def test_regime_temperatures_are_ordered(bench):
         assert all(math.isfinite(t) and t > 0 for t in temps.values())
 
 
-def test_input_sets_rotate_and_backpropagate(bench):
+def test_input_sets_rotate_and_backpropagate(bench, monkeypatch):
     q, k, v = bench.make_qkv(64, 16, 0.5, seed=0, heads=2)
     sets = bench.input_sets_for(q, k, v, n_sets=3)
     assert len(sets) == 3
@@ -234,20 +234,31 @@ def test_input_sets_rotate_and_backpropagate(bench):
     assert sets[0][0].grad is not None and sets[1][1].grad is not None and sets[2][0].grad is None
     bench._cycle(attention, sets, backward=False)()
     assert sets[0][2].grad.abs().sum() > 0
+    # accumulate=False (CUDA-graph timing) runs the backward without touching .grad
+    for inputs in sets:
+        for t in inputs[:3]:
+            t.grad = None
+    calls = []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *args, **kwargs: calls.append(real_grad(*args, **kwargs)))
+    bench._cycle(attention, sets, backward=True, accumulate=False)()
+    assert all(t.grad is None for inputs in sets for t in inputs[:3])
+    assert len(calls) == 1 and all(g.abs().sum() > 0 for g in calls[0])
 
 
 def test_bench_case_rows_and_failure_notes(bench, monkeypatch):
     def broken(q, k, v):
         raise RuntimeError("power-of-two N only\nsecond line")
 
-    def fake_time_ms(attention, sets, backward):
+    def fake_time_ms(attention, sets, backward, timing):
+        assert timing == "graph"
         return attention(*sets[0][:3]) if attention is broken else 1.0
 
     monkeypatch.setattr(bench, "time_ms", fake_time_ms)
     monkeypatch.setattr(bench, "peak_mib", lambda attention, inputs, backward: 5.0)
     q, k, v = bench.make_qkv(64, 16, 0.5, seed=0, heads=2)
     methods = {"ours": reference.entmax_attention, "adasplash": "skipped: not installed", "sdpa_flash": broken}
-    rows = bench.bench_case(methods, q, k, v, 64, 16, "trained", (0.5, "reference"), n_sets=2)
+    rows = bench.bench_case(methods, q, k, v, 64, 16, "trained", (0.5, "reference"), n_sets=2, timing="graph")
     by_method = {row.method: row for row in rows}
     assert by_method["ours"].fwd_ms == 1.0 and by_method["ours"].peak_mib == 5.0
     assert by_method["adasplash"].note == "skipped: not installed" and by_method["adasplash"].fwd_ms is None
@@ -281,7 +292,7 @@ def test_decode_mode_methods(bench, monkeypatch):
     with pytest.raises(ValueError, match="Nq == Nk"):  # the training (causal) build cannot decode
         bench.build_method("topk_blocks")(last4, k4, v4)
 
-    monkeypatch.setattr(bench, "time_ms", lambda attention, sets, backward: 2.0 if backward else 1.0)
+    monkeypatch.setattr(bench, "time_ms", lambda attention, sets, backward, timing: 2.0 if backward else 1.0)
     monkeypatch.setattr(bench, "peak_mib", lambda attention, inputs, backward: 7.0 if backward else 3.0)
     rows = bench.bench_case({"flash": lambda *t: None}, last, k, v, 64, 16, "trained, decode 3q", (None, ""),
                             n_sets=1, backward=False)
@@ -300,6 +311,24 @@ def test_from_json_joins_saved_runs(bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "measured on GPU X" in out and "| ours | 8192 | 64 | trained | 50.0% | 3.000 | 6.000 |" in out
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_timing_option_is_recorded_and_not_mixed(bench, tmp_path, capsys):
+    """--timing graph is recorded in the JSON; --from-json refuses files timed differently (files
+    from before the option count as wall-clock)."""
+    assert bench.parse_args([]).timing == "wall" and bench.parse_args(["--timing", "graph"]).timing == "graph"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--timing", "cpu"])
+    with pytest.raises(ValueError, match="timing must be one of"):
+        bench.time_ms(None, [], backward=False, timing="cpu")
+    row = bench.BenchRow("ours", 4096, 64, "trained", fwd_ms=1.0)
+    bench.write_json([row], tmp_path / "old.json", {"device": "GPU X"})
+    bench.write_json([row], tmp_path / "wall.json", {"device": "GPU X", "timing": "wall"})
+    bench.write_json([row], tmp_path / "graph.json", {"device": "GPU X", "timing": "graph"})
+    bench.main(["--from-json", str(tmp_path / "old.json"), str(tmp_path / "wall.json")])
+    assert "timing: wall" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="timed differently"):
+        bench.main(["--from-json", str(tmp_path / "wall.json"), str(tmp_path / "graph.json")])
 
 
 def test_environment_records_versions(bench):
