@@ -8,6 +8,11 @@ than the PTX's `.version`, the PTX is relabelled with the version it accepts. do
 ("What remains") used this to trace C7515 to the output pass's stores and to size the launches.
 
     python scripts/offline_ptxas.py --head-dims 64 128 --n-iter 0 4
+    python scripts/offline_ptxas.py --head-dims 64 --n-iter 4 --loops   # SASS instructions per loop
+
+`--loops` disassembles the cubin (nvdisasm, found next to ptxas or in Triton's wheel) and counts
+the machine instructions in every loop body, with the most frequent opcodes: the per-tile cost of
+each pass, as the GPU would issue it (docs/kernels.md used it to size the binning).
 """
 
 from __future__ import annotations
@@ -86,36 +91,85 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
     return compiled.asm["ptx"]
 
 
-def _assemble(ptx: str, ptxas: str) -> subprocess.CompletedProcess:
+def find_nvdisasm(ptxas: str) -> str | None:
+    """nvdisasm next to ptxas, on PATH, or the one bundled with Triton's wheel."""
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    candidates = [str(Path(ptxas).parent / "nvdisasm"), shutil.which("nvdisasm"), str(bundled)]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+def _assemble(ptx: str, ptxas: str, cubin: Path) -> subprocess.CompletedProcess:
+    path = cubin.with_suffix(".ptx")
+    path.write_text(ptx)
+    return subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", str(path), "-o", str(cubin)],
+                          capture_output=True, text=True)
+
+
+def ptxas_report(ptx: str, ptxas: str, loops: bool = False) -> dict:
+    """Registers, spill-store bytes and whether C7515 was reported, from `ptxas -v`; with loops,
+    also "loops" (see `sass_loops`). A ptxas older than the PTX's `.version` gets the PTX
+    relabelled with the newest version it names (the instructions used here predate it)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.ptx"
-        path.write_text(ptx)
-        return subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", str(path), "-o", str(path.with_suffix(".cubin"))],
-                              capture_output=True, text=True)
+        cubin = Path(tmp) / "kernel.cubin"
+        done = _assemble(ptx, ptxas, cubin)
+        older = re.search(r"Unsupported \.version \S+; current version is '([\d.]+)'", done.stdout + done.stderr)
+        if done.returncode != 0 and older:
+            done = _assemble(re.sub(r"\.version \d+\.\d+", f".version {older.group(1)}", ptx, count=1), ptxas, cubin)
+        log = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise RuntimeError(f"ptxas failed:\n{log}")
+        registers = re.search(r"Used (\d+) registers", log)
+        spills = re.search(r"(\d+) bytes spill stores", log)
+        report = {"registers": int(registers.group(1)) if registers else None,
+                  "spill_stores": int(spills.group(1)) if spills else None,
+                  "c7515": "C7515" in log}
+        if loops:
+            nvdisasm = find_nvdisasm(ptxas)
+            if nvdisasm is None:
+                raise RuntimeError("--loops needs nvdisasm (CUDA's bin/ or Triton's wheel)")
+            sass = subprocess.run([nvdisasm, "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
+            report["loops"] = sass_loops(sass)
+    return report
 
 
-def ptxas_report(ptx: str, ptxas: str) -> dict:
-    """Registers, spill-store bytes and whether C7515 was reported, from `ptxas -v`. A ptxas older
-    than the PTX's `.version` gets the PTX relabelled with the newest version it names (the
-    instructions used here predate it)."""
-    done = _assemble(ptx, ptxas)
-    older = re.search(r"Unsupported \.version \S+; current version is '([\d.]+)'", done.stdout + done.stderr)
-    if done.returncode != 0 and older:
-        done = _assemble(re.sub(r"\.version \d+\.\d+", f".version {older.group(1)}", ptx, count=1), ptxas)
-    log = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"ptxas failed:\n{log}")
-    registers = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores", log)
-    return {"registers": int(registers.group(1)) if registers else None,
-            "spill_stores": int(spills.group(1)) if spills else None,
-            "c7515": "C7515" in log}
+def sass_loops(sass: str) -> list[dict]:
+    """Every loop of a disassembled kernel (`nvdisasm -c` text), as a backward branch to a label:
+    its first and last instruction index, its instruction count, and its opcode counts (predicates
+    and modifiers dropped: `@!P0 FADD.FTZ` counts as FADD). Nested loops are listed separately,
+    the outer one including the inner ones' instructions. A loop's count covers both sides of the
+    branches inside it (a tile's mask, for instance, runs only on diagonal tiles). Branches after
+    the last EXIT are not loops: ptxas puts the slow paths of divergent shuffles there, and they
+    jump back into the code above."""
+    labels, instructions = {}, []
+    for line in sass.splitlines():
+        label = re.match(r"\s*\.(L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = len(instructions)
+            continue
+        instruction = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;", line)
+        if instruction:
+            instructions.append(instruction.group(1))
+    exits = [i for i, text in enumerate(instructions) if text == "EXIT"]
+    end = exits[-1] if exits else len(instructions)
+    loops = []
+    for last, text in enumerate(instructions[:end]):
+        target = re.search(r"\bBRA\b.*?\.(L_x_\d+)", text)
+        if target and labels.get(target.group(1), last + 1) <= last:
+            first = labels[target.group(1)]
+            opcodes = {}
+            for body_text in instructions[first:last + 1]:
+                opcode = re.sub(r"^@!?U?P\w+\s+", "", body_text).split()[0].split(".")[0]
+                opcodes[opcode] = opcodes.get(opcode, 0) + 1
+            loops.append({"first": first, "last": last, "instructions": last - first + 1,
+                          "opcodes": dict(sorted(opcodes.items(), key=lambda item: -item[1]))})
+    return loops
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--n-iter", type=int, nargs="+", default=[entmax_attention.default_n_iter(1.5)])
+    parser.add_argument("--loops", action="store_true", help="also count SASS instructions per loop")
     args = parser.parse_args(argv)
     ptxas = find_ptxas()
     if ptxas is None:
@@ -127,10 +181,20 @@ def main(argv=None) -> list[dict]:
         for head_dim in args.head_dims:
             for n_iter in args.n_iter if kernel == "tau" else [None]:
                 ptx = forward_ptx(head_dim, n_iter or 0, kernel=kernel)
-                row = {"kernel": kernel, "head_dim": head_dim, "n_iter": n_iter, **ptxas_report(ptx, ptxas)}
+                row = {"kernel": kernel, "head_dim": head_dim, "n_iter": n_iter,
+                       **ptxas_report(ptx, ptxas, loops=args.loops)}
                 rows.append(row)
                 print(f"| {kernel} | {head_dim} | {'-' if n_iter is None else n_iter} | {row['registers']} | "
                       f"{row['spill_stores']} | {row['c7515']} |")
+    if args.loops:
+        print("\n| kernel | head dim | n_iter | loop (instruction indices) | instructions | HGMMA | top opcodes |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            for loop in row["loops"]:
+                top = " ".join(f"{name}:{count}" for name, count in list(loop["opcodes"].items())[:8])
+                print(f"| {row['kernel']} | {row['head_dim']} | {'-' if row['n_iter'] is None else row['n_iter']} | "
+                      f"{loop['first']}-{loop['last']} | {loop['instructions']} | {loop['opcodes'].get('HGMMA', 0)} | "
+                      f"{top} |")
     return rows
 
 

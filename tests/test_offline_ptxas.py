@@ -3,6 +3,7 @@
 The suite imports the kernels under Triton's interpreter, which cannot compile, so these tests run
 the script in a subprocess without TRITON_INTERPRET."""
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,46 @@ def test_ptxas_report():
         assert name == kernel and 64 <= int(registers) <= 255 and spills == "0" and c7515 in ("True", "False")
     assert done.stdout.splitlines()[2].startswith("| tau | 64 | 1 | ")
     assert done.stdout.splitlines()[3].startswith("| output | 64 | - | ")
+
+
+def test_sass_loops_finds_backward_branches_only():
+    """A hand-written listing: one loop (with a predicated and a modified opcode), a forward
+    branch, and a divergence slow path after EXIT that jumps back (not a loop)."""
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        .L_x_0:
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR16], RZ ;
+        /*0020*/              @!P0 FADD.FTZ R2, R2, R3 ;
+        /*0030*/                   FADD R2, R2, R4 ;
+        /*0040*/               @P1 BRA `(.L_x_1) ;
+        /*0050*/                   ISETP.NE.AND P2, PT, R5, RZ, PT ;
+        .L_x_1:
+        /*0060*/               @P2 BRA `(.L_x_0) ;
+        /*0070*/                   EXIT ;
+        .L_x_2:
+        /*0080*/                   SHFL.BFLY PT, R6, R7, 0x1, 0x1f ;
+        /*0090*/                   BRA `(.L_x_1) ;
+        .L_x_3:
+        /*00a0*/                   BRA `(.L_x_3) ;
+    """
+    loops = offline_ptxas.sass_loops(sass)
+    assert len(loops) == 1
+    loop = loops[0]
+    assert (loop["first"], loop["last"], loop["instructions"]) == (1, 6, 6)
+    assert loop["opcodes"] == {"FADD": 2, "BRA": 2, "HGMMA": 1, "ISETP": 1}
+
+
+@pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
+def test_loops_report_counts_the_passes():
+    """--loops: the threshold launch's dense pass and the output pass are loops with one QK^T
+    (four 64x64x16 wgmma at D 64) and, in the output pass, two PV products more."""
+    done = _run("import json\nfrom scripts import offline_ptxas\n"
+                "tau, output = offline_ptxas.main(['--head-dims', '64', '--n-iter', '1', '--loops'])\n"
+                "print(json.dumps(sorted(loop['opcodes'].get('HGMMA', 0) for loop in tau['loops'])))\n"
+                "print(json.dumps(sorted(loop['opcodes'].get('HGMMA', 0) for loop in output['loops'])))")
+    assert done.returncode == 0, done.stderr[-2000:]
+    tau_hgmma, output_hgmma = (json.loads(line) for line in done.stdout.splitlines()[-2:])
+    # dense pass, histogram pass and one refinement pass: a QK^T each; compaction loops: none
+    assert tau_hgmma.count(4) == 3 and set(tau_hgmma) <= {0, 4}
+    assert output_hgmma.count(12) == 1 and set(output_hgmma) <= {0, 12}
+    assert "| tau | 64 | 1 | " in done.stdout and "instructions | HGMMA" in done.stdout
