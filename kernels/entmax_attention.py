@@ -704,11 +704,10 @@ def _check_block_sizes(block_sizes) -> tuple[int, int]:
 _MAX_GRID_YZ = 65535
 
 
-def _check_grid(batch_heads: int, seq_len: int, block_m: int, block_n: int) -> None:
-    """The launches put query tiles (forward, dQ), key tiles (dK/dV) or batch * heads (the key-tile
-    lists) in a grid dimension that CUDA limits to 65535: refuse longer inputs with the fix."""
+def _check_grid(batch_heads: int, seq_len: int, block_m: int) -> None:
+    """The launches put query tiles (forward, dQ) or batch * heads (dK/dV, the key-tile lists) in a
+    grid dimension that CUDA limits to 65535: refuse larger inputs with the fix."""
     for count, what, fix in ((triton.cdiv(seq_len, block_m), "query tiles", "a shorter seq_len"),
-                             (triton.cdiv(seq_len, block_n), "key tiles", "a shorter seq_len"),
                              (batch_heads, "batch * heads", "fewer sequences per call")):
         if count > _MAX_GRID_YZ:
             raise ValueError(f"entmax_attention: {count} {what} exceed CUDA's grid limit of {_MAX_GRID_YZ} "
@@ -944,7 +943,7 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
                            block_n=block_n, num_warps=num_warps, num_stages=num_stages)
 
     batch, heads, seq_len, _ = q.shape
-    _check_grid(batch * heads, seq_len, block_m, block_n)
+    _check_grid(batch * heads, seq_len, block_m)
     if doc_ids is None:
         # Never read (HAS_DOCS is off), but a kernel pointer argument must point at memory.
         placeholder = torch.zeros(1, device=q.device, dtype=torch.int32)
