@@ -4,7 +4,8 @@ Times forward and forward+backward (median of triton.testing.do_bench) and peak 
 causal, B=1, H=16, for every (N, D, input regime), with all methods in the same process on the
 same card, and reports the measured block sparsity of each input (ARCHITECTURE.md section 5).
 ``--timing graph`` replays the calls from a CUDA graph instead, which removes the host's launch
-cost: the GPU's own time, for the cases where the host is slower than the GPU (see `time_ms`).
+cost: the GPU's own time, for the cases where the host is slower than the GPU; ``--timing host``
+measures that host cost alone (see `time_ms`).
 
     python -m scripts.bench_attention --seqlens 4096 8192 --head-dims 64 --json runs/bench.json
     python -m scripts.bench_attention --calibrate --target 0.6 --calib-n 8192 --calib-d 64
@@ -32,7 +33,9 @@ import functools
 import importlib.metadata
 import json
 import math
+import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -302,7 +305,10 @@ def measure_block_sparsity(q, k, ours=None, n_row_tiles: int = 16) -> tuple[floa
     return value, f"reference ({n_row_tiles} row tiles)"
 
 
-TIMINGS = ("wall", "graph")
+TIMINGS = ("wall", "graph", "host")
+# GPU cycles a sleep kernel keeps the GPU busy while host timing issues its calls (some 35 ms at
+# 2 GHz, beyond what 20 calls take to issue), so that no call waits for the GPU.
+_HOST_SLEEP_CYCLES = 2**26
 
 
 def _cycle(attention, input_sets, backward, accumulate: bool = True):
@@ -332,12 +338,15 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
     timing "wall": triton.testing.do_bench, calls launched from Python one after another: the time a
     caller waits, which is the host's launch cost (Python, allocations, autograd) wherever that
     exceeds the GPU's work. "graph": do_bench_cudagraph, the calls replayed from a CUDA graph, so
-    the host drops out and the GPU's time remains (docs/benchmarks.md §1f measured both).
+    the host drops out and the GPU's time remains (docs/benchmarks.md §1f measured both). "host":
+    the host's cost alone (`host_ms`).
     """
     from triton.testing import do_bench, do_bench_cudagraph
 
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
+    if timing == "host":
+        return host_ms(attention, input_sets, backward)
     leaves = [t for inputs in input_sets for t in inputs[:3]]
     if timing == "graph":
         # Capture needs a stream other than the default one.
@@ -353,6 +362,27 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
             return_mode="median",
         )
     )
+
+
+def host_ms(attention, input_sets, backward: bool, calls: int = 20, repeats: int = 5) -> float:
+    """Median, over `repeats` batches of `calls` calls, of the CPU milliseconds one call takes to
+    issue while a sleep kernel keeps the GPU busy: no call waits for the GPU, so this is the host's
+    cost (Python, allocations, autograd, kernel launches), which the wall-clock time shows wherever
+    it exceeds the GPU's. Gradients are returned, not accumulated, as in "graph" timing."""
+    run = _cycle(attention, input_sets, backward, accumulate=False)
+    run()  # compilation and autotuning stay out of the measurement
+    per_call = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda._sleep(_HOST_SLEEP_CYCLES)
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        per_call.append((time.perf_counter() - start) / calls * 1e3)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return statistics.median(per_call)
 
 
 def peak_mib(attention, inputs, backward: bool) -> float:
@@ -585,7 +615,8 @@ def parse_args(argv=None):
                         "its own kernel, so per-pass costs come from a profile (scripts/ncu_phases.py)")
     p.add_argument("--timing", choices=TIMINGS, default="wall",
                    help="wall: calls launched one after another (do_bench), host cost included; graph: "
-                        "replayed from a CUDA graph (do_bench_cudagraph), the GPU's time alone")
+                        "replayed from a CUDA graph (do_bench_cudagraph), the GPU's time alone; host: the "
+                        "CPU time to issue a call, the host's cost alone")
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

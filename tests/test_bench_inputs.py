@@ -313,6 +313,24 @@ def test_from_json_joins_saved_runs(bench, tmp_path, capsys):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def test_host_timing_counts_the_calls_it_times(bench):
+    """--timing host: one untimed call, then batches of calls timed on the CPU; each call backpropagates
+    through torch.autograd.grad, so .grad stays untouched."""
+    q, k, v = bench.make_qkv(32, 16, 0.5, seed=0, heads=2)
+    sets = bench.input_sets_for(q, k, v, n_sets=2)
+    calls = []
+
+    def attention(q_, k_, v_):
+        calls.append(q_.data_ptr())
+        return reference.entmax_attention(q_, k_, v_)
+
+    ms = bench.time_ms(attention, sets, backward=True, timing="host")
+    assert math.isfinite(ms) and ms > 0
+    assert len(calls) == 1 + 5 * 20 and len(set(calls)) == 2  # both input sets, in turn
+    assert all(t.grad is None for inputs in sets for t in inputs[:3])
+    assert bench.parse_args(["--timing", "host"]).timing == "host"
+
+
 def test_timing_option_is_recorded_and_not_mixed(bench, tmp_path, capsys):
     """--timing graph is recorded in the JSON; --from-json refuses files timed differently (files
     from before the option count as wall-clock)."""
