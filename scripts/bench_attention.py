@@ -313,9 +313,8 @@ _HOST_SLEEP_CYCLES = 2**26
 
 def _cycle(attention, input_sets, backward, accumulate: bool = True):
     """A closure that runs one call per invocation, rotating through the input sets. With
-    accumulate=False the backward returns its gradients (torch.autograd.grad) instead of adding
-    them to .grad, so calls replayed from a CUDA graph, where nothing resets .grad between them,
-    time no accumulation kernels."""
+    accumulate=False the backward returns its gradients (torch.autograd.grad) instead of writing
+    them to .grad, so consecutive calls need no .grad reset between them (graph and host timing)."""
     state = {"i": 0}
 
     def run():
