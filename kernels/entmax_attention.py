@@ -182,15 +182,25 @@ def _query_tile_docs(DocIds_b, first_row, N, HAS_DOCS: tl.constexpr, BLOCK_M: tl
 
 
 @triton.jit
-def _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
-                  CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr):
-    """Per-row maximum of the raw scores q.k of key tile kt (-inf where all masked)."""
+def _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                 CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
+    """The raw scores q.k of key tile kt, -inf where masked (_raw_scores), and the tile's key
+    positions: the start of every forward pass's loop body."""
     cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     k = _load_rows(K_head, cols, N, HEAD_DIM)
     needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
                                   BLOCK_N)
-    raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+    return _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION), cols
+
+
+@triton.jit
+def _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                  CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """Per-row maximum of the raw scores q.k of key tile kt (-inf where all masked)."""
+    raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
+                          HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
     return tl.max(raw, axis=1)
 
 
@@ -229,11 +239,8 @@ def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
     shift_times_bins = bin_shift * NUM_BINS
     bin_floor = tl.min(bin_shift, axis=0)
     for kt in range(kt_begin, kt_end):
-        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load_rows(K_head, cols, N, HEAD_DIM)
-        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
-                                      BLOCK_N)
-        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
+                              HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
         tile_row_max = tl.max(raw, axis=1)
         raw_row_max = tl.maximum(raw_row_max, tile_row_max)
         tile_max = tl.max(tile_row_max, axis=0)
@@ -304,11 +311,8 @@ def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
     counts = tl.zeros([BLOCK_M, NUM_BINS], dtype=tl.int32)
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
-        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load_rows(K_head, cols, N, HEAD_DIM)
-        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
-                                      BLOCK_N)
-        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
+                              HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
         counts += _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
     return counts
 
@@ -324,11 +328,8 @@ def _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, do
     curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
-        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load_rows(K_head, cols, N, HEAD_DIM)
-        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
-                                      BLOCK_N)
-        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
+                              HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
         u = tl.maximum(raw * z_scale - threshold[:, None], 0.0)
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
@@ -350,11 +351,8 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_f
     n_nonzero = 0
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
-        cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load_rows(K_head, cols, N, HEAD_DIM)
-        needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
-                                      BLOCK_N)
-        raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
+        raw, cols = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
+                                 HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
         u = tl.maximum(raw * z_scale - tau[:, None], 0.0)
         g = _tau.gradient_weight(u, power, ALPHA_MODE)
         p = g * u  # u^power, since g = u^(power - 1) (zero off the support)
