@@ -392,16 +392,144 @@ def _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, t, lo, hi, solving,
+                converged, TileList_row, TileMax_row, n_list, N, z_scale, power, stop_residual, CAUSAL: tl.constexpr,
+                HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr, PASSES: tl.constexpr):
+    """At most PASSES Halley passes (step 4), each followed by the tile dropping of step 5; returns
+    t, the bracket, whether the last pass converged, and the list's length."""
+    for _ in tl.static_range(PASSES):
+        # Passes after the one that found every row of the tile within stop_residual of mass 1 are
+        # skipped: the step taken from there is the last one needed (_tau.stop_residual). The
+        # passes stay unrolled under a scalar guard: a runtime loop was 10% slower (docs/kernels.md).
+        if converged == 0:
+            mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                                  doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
+                                                  CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                  DOT_PRECISION)
+            converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
+            t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+            n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+    return t, lo, hi, converged, n_list
+
+
+@triton.jit
+def _encode_gap(gap):
+    """max(gap + 1, 0) as int32 bits: non-negative floats order as their bits do, so an integer
+    atomic max keeps the largest. Gaps below -1 all encode as 0; _keep_nonzero_tiles compares with
+    steps far smaller than 1, so it never needs them apart."""
+    return tl.maximum(gap + 1.0, 0.0).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _zero_slots(Slots, n, CHUNK: tl.constexpr):
+    for begin in range(0, n, CHUNK):
+        offsets = begin + tl.arange(0, CHUNK)
+        tl.store(Slots + offsets, tl.zeros([CHUNK], dtype=tl.int32), mask=offsets < n)
+
+
+@triton.jit
+def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold,
+                TileList_row, TileGap_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """A refinement pass (the power sums of _refine_pass) that also accumulates, around its own
+    threshold, what the output needs at the next one: for u = [z - threshold]_+ on the support S,
+    sum u^2 v (alpha = 1.5 only), sum u v and sum_S v. If the Halley step d taken from its sums is
+    the last one needed (_tau.stop_residual), the output at tau = threshold + d is
+    sum_S (u - d)^2 v = A2 - 2 d A1 + d^2 A0 (alpha = 1.5) or sum_S (u - d) v = A1 - d A0
+    (sparsemax), exactly on S (_expanded_outputs), and the output pass is saved. What S misses,
+    elements entering or leaving the support during that step, is at most the mass the early stop
+    already allows.
+
+    Records, per list slot, the tile's largest z - threshold (TileGap_row, int32, _encode_gap): once
+    the step d is known, _keep_nonzero_tiles keeps the tiles that can hold a non-zero probability at
+    threshold + d. Each row's maximum goes out as a relaxed atomic max, so the loop needs no
+    reduction across warps (a barrier per tile) and no plain store.
+    Returns the sums and the three accumulators.
+    """
+    mass = tl.zeros([BLOCK_M], dtype=tl.float32)
+    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+    curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_u2 = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc_support = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    _zero_slots(TileGap_row, n_list, BLOCK_M)
+    tl.debug_barrier()  # every slot is zero before any thread's atomic max reaches it
+    for i in range(0, n_list):
+        kt = tl.load(TileList_row + i)
+        raw, cols = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                                 CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        gap = raw * z_scale - threshold[:, None]
+        tl.atomic_max(TileGap_row + i + tl.zeros([BLOCK_M], dtype=tl.int32), _encode_gap(tl.max(gap, axis=1)),
+                      sem="relaxed", scope="cta")
+        u = tl.maximum(gap, 0.0)
+        tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
+        mass += tile_mass
+        slope += tile_slope
+        curvature += tile_curvature
+        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        if ALPHA_MODE == 1:
+            acc_u2 = _dot((u * u).to(v.dtype), v, acc_u2, DOT_PRECISION)
+        acc_u = _dot(u.to(v.dtype), v, acc_u, DOT_PRECISION)
+        acc_support = _dot(tl.where(u > 0, 1.0, 0.0).to(v.dtype), v, acc_support, DOT_PRECISION)
+    return mass, slope, curvature, acc_u2, acc_u, acc_support
+
+
+@triton.jit
+def _keep_nonzero_tiles(TileList_row, TileGap_row, n_list, step, solving, CHUNK: tl.constexpr):
+    """Keep (in place) the listed tiles whose largest z - threshold (stored by _final_pass) exceeds
+    the smallest step d among the solving rows: every other tile has z <= threshold + d, hence
+    p = 0, in every row. Returns the new length. A superset of the non-zero tiles at threshold + d,
+    tight because the last step is tiny."""
+    smallest_step = tl.min(tl.where(solving, step, float("inf")), axis=0)
+    tl.debug_barrier()  # the gaps were stored by whichever thread held them
+    n_kept = 0
+    for chunk_begin in range(0, n_list, CHUNK):
+        slots = chunk_begin + tl.arange(0, CHUNK)
+        in_list = slots < n_list
+        kts = tl.load(TileList_row + slots, mask=in_list, other=0)
+        # .cg: the atomics went to L2; a line another program brought into L1 may be stale
+        gap = tl.load(TileGap_row + slots, mask=in_list, other=0, cache_modifier=".cg").to(tl.float32, bitcast=True)
+        keep = in_list & (gap - 1.0 > smallest_step)
+        flags = keep.to(tl.int32)
+        # Every thread must have read this chunk before any overwrites it.
+        tl.debug_barrier()
+        tl.store(TileList_row + n_kept + tl.cumsum(flags, axis=0) - 1, kts, mask=keep)
+        n_kept += tl.sum(flags, axis=0)
+    tl.debug_barrier()
+    return n_kept
+
+
+@triton.jit
+def _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step, ALPHA_MODE: tl.constexpr):
+    """The output and the weighted value sums of _store_outputs at threshold + step, from the
+    accumulators of _final_pass at threshold (exact on that pass's support)."""
+    d = step[:, None]
+    if ALPHA_MODE == 1:
+        out = acc_u2 - 2.0 * d * acc_u + d * d * acc_support
+        g_values = acc_u - d * acc_support
+        g_sum = -0.5 * slope - step * (0.5 * curvature)  # sum (u - d) on the support
+    else:
+        out = acc_u - d * acc_support
+        g_values = acc_support
+        g_sum = -slope  # the support's size
+    return out, g_values, g_sum
+
+
+@triton.jit
 def _entmax_attention_tau_kernel(
-    Q, K, DocIds, DocStart, DocEnd, TileMax, TileList, ListCount, AllowedCount, Tau,
-    z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles,
+    Q, K, DocIds, DocStart, DocEnd, TileMax, TileList, ListCount, AllowedCount, Tau, State, Converged,
+    z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FUSED_OUTPUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Forward, first launch: tau per row, and per query tile the list of key tiles that can hold a
-    non-zero probability (steps 1-4 of the module docstring)."""
+    non-zero probability (steps 1-4 of the module docstring). With FUSED_OUTPUT it runs only the
+    first refinement pass (N_ITER = 1) and leaves the solver's state (shift, t, bracket, whether that
+    pass converged) in State and Converged for the output launch, instead of tau."""
     qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
     Q_head = Q + head_offset
     K_head = K + kv_offset
@@ -447,37 +575,46 @@ def _entmax_attention_tau_kernel(
     # Rows with a threshold to find (padding and fully masked rows have shift = +inf, mass 0).
     solving = (rows < N) & (shift < float("inf"))
     converged = tl.zeros([], dtype=tl.int32)  # a scalar flag (an int: the frontend wants one type)
-    for _ in tl.static_range(N_ITER):
-        # Passes after the one that found every row of the tile within stop_residual of mass 1 are
-        # skipped: the step taken from there is the last one needed (_tau.stop_residual). The
-        # passes stay unrolled under a scalar guard: a runtime loop was 10% slower (docs/kernels.md).
-        if converged == 0:
-            mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
-                                                  doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
-                                                  CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
-                                                  DOT_PRECISION)
-            converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
-            t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
-            n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+    t, lo, hi, converged, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
+                                               shift, t, lo, hi, solving, converged, TileList_row, TileMax_row, n_list,
+                                               N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M,
+                                               BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER)
 
-    # Padding rows keep tau = +inf (shift), so the output kernel needs no row mask either.
-    tl.store(Tau + bh.to(tl.int64) * N + rows, shift + t, mask=rows < N)
+    if FUSED_OUTPUT:
+        # The output launch goes on from here (_fused_output): it needs the solver's state.
+        state_offsets = bh.to(tl.int64) * N + rows
+        tl.store(State + state_offsets, shift, mask=rows < N)
+        tl.store(State + n_rows_total + state_offsets, t, mask=rows < N)
+        tl.store(State + 2 * n_rows_total + state_offsets, lo, mask=rows < N)
+        tl.store(State + 3 * n_rows_total + state_offsets, hi, mask=rows < N)
+        tl.store(Converged + table_row, converged)
+    else:
+        # Padding rows keep tau = +inf (shift), so the output kernel needs no row mask either.
+        tl.store(Tau + bh.to(tl.int64) * N + rows, shift + t, mask=rows < N)
     tl.store(ListCount + table_row, n_list)
     tl.store(AllowedCount + table_row, n_allowed)
 
 
 @triton.jit
 def _entmax_attention_output_kernel(
-    Q, K, V, Out, Obar, DocIds, TileList, TileMask, NonzeroCount, Tau,
-    z_scale, power, N, n_q_tiles, n_k_tiles,
+    Q, K, V, Out, Obar, DocIds, TileMax, TileList, TileMask, NonzeroCount, Tau, State, Converged, TileGap,
+    z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
-    ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr, FUSED_OUTPUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Forward, second launch: the output pass over the tiles the first launch listed. A launch
     of its own, so that its two [BLOCK_M, HEAD_DIM] accumulators do not raise the register count of
     the threshold passes, which then run with more programs per multiprocessor (docs/kernels.md).
-    NonzeroCount holds the list's length on entry and the non-zero tiles' count on exit."""
+    NonzeroCount holds the list's length on entry and the non-zero tiles' count on exit.
+
+    With FUSED_OUTPUT the first launch stopped after one refinement pass: where that pass did not
+    converge, the second one is _final_pass, which also gathers the output, so that no output pass
+    follows when it converges (nearly always). Otherwise the remaining passes and the output pass
+    run here. The list left for the backward after a converged final pass is a superset of the
+    non-zero tiles (_keep_nonzero_tiles; exact only without FUSED_OUTPUT, which return_stats asks
+    for)."""
     qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
     K_head = K + kv_offset
     V_head = V + kv_offset
@@ -489,13 +626,51 @@ def _entmax_attention_output_kernel(
     q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
     row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
     doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, first_row, N, HAS_DOCS, BLOCK_M)
-    tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
     n_list = tl.load(NonzeroCount + table_row)
-    out, g_values, g_sum, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row,
-                                                   doc_q_first, doc_q_last, tau, TileList_row, n_list, N, z_scale,
-                                                   power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
-                                                   DOT_PRECISION)
-    _store_outputs(Out + head_offset, Obar + head_offset, rows, N, out, g_values, g_sum, HEAD_DIM)
+    row_offsets = bh.to(tl.int64) * N + rows
+    stored = tl.zeros([], dtype=tl.int32)
+    if FUSED_OUTPUT:
+        shift = tl.load(State + row_offsets, mask=rows < N, other=float("inf"))
+        t = tl.load(State + n_rows_total + row_offsets, mask=rows < N, other=0.0)
+        lo = tl.load(State + 2 * n_rows_total + row_offsets, mask=rows < N, other=0.0)
+        hi = tl.load(State + 3 * n_rows_total + row_offsets, mask=rows < N, other=0.0)
+        converged = tl.load(Converged + table_row)
+        solving = (rows < N) & (shift < float("inf"))
+        if converged == 0:
+            mass, slope, curvature, acc_u2, acc_u, acc_support = _final_pass(
+                q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
+                TileList_row, TileGap + table_row * n_k_tiles, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
+                BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
+            converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
+            t_next, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+            step = tl.where(solving, t_next - t, 0.0)
+            TileMax_row = TileMax + table_row * n_k_tiles
+            if converged != 0:
+                out, g_values, g_sum = _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step,
+                                                         ALPHA_MODE)
+                _store_outputs(Out + head_offset, Obar + head_offset, rows, N, out, g_values, g_sum, HEAD_DIM)
+                stored = converged
+                n_list = _keep_nonzero_tiles(TileList_row, TileGap + table_row * n_k_tiles, n_list, step, solving,
+                                             CHUNK)
+            else:
+                n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+            t = t_next
+            t, lo, hi, converged, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                                       doc_q_last, shift, t, lo, hi, solving, converged, TileList_row,
+                                                       TileMax_row, n_list, N, z_scale, power, stop_residual, CAUSAL,
+                                                       HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, CHUNK,
+                                                       DOT_PRECISION, N_ITER - 2)
+        tau = shift + t
+        tl.store(Tau + row_offsets, tau, mask=rows < N)
+    else:
+        tau = tl.load(Tau + row_offsets, mask=rows < N, other=float("inf"))
+    n_nonzero = n_list
+    if stored == 0:
+        out, g_values, g_sum, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row,
+                                                       doc_q_first, doc_q_last, tau, TileList_row, n_list, N, z_scale,
+                                                       power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                       DOT_PRECISION)
+        _store_outputs(Out + head_offset, Obar + head_offset, rows, N, out, g_values, g_sum, HEAD_DIM)
     _mark_tiles(TileList_row, TileMask + table_row * n_k_tiles, n_nonzero, CHUNK)
     tl.store(NonzeroCount + table_row, n_nonzero)
 
@@ -647,6 +822,9 @@ class _LaunchConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    # Whether the output launch runs the second refinement pass and gathers the output with it
+    # (_final_pass); off where the stats must be exact and where it does not apply (_fuses_output).
+    fused_output: bool = False
 
     @property
     def z_scale(self) -> float:
@@ -686,6 +864,18 @@ def _default_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, 
     if head_dim <= 128:
         return 64, 64, 4, 3
     return 32, 32, 4, 2
+
+
+# The fused final pass holds three [BLOCK_M, head_dim] fp32 accumulators; above head_dim 64 the
+# output launch would spill (scripts/offline_ptxas.py), so larger heads keep the plain passes.
+_FUSED_OUTPUT_MAX_HEAD_DIM = 64
+
+
+def _fuses_output(alpha: float, head_dim: int, n_iter: int) -> bool:
+    """Whether the second refinement pass can also gather the output (_final_pass): its expansion
+    is exact on a fixed support only where p is a polynomial in u (alpha = 1.5: u^2; sparsemax: u),
+    and a second pass must be allowed."""
+    return _tau.alpha_mode(alpha) != 0 and head_dim <= _FUSED_OUTPUT_MAX_HEAD_DIM and n_iter >= 2
 
 
 def _check_block_sizes(block_sizes) -> tuple[int, int]:
@@ -824,18 +1014,27 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     has_docs = doc_start is not None
     if not has_docs:
         doc_start = doc_end = doc_ids
+    if config.fused_output:
+        state = torch.empty((4, batch * heads, seq_len), device=device, dtype=torch.float32)
+        converged = torch.empty(table[:2], device=device, dtype=torch.int32)
+        tile_gap = torch.empty(table, device=device, dtype=torch.int32)
+    else:  # never read, but pointer arguments must point at memory
+        state, converged, tile_gap = tau, nonzero_count, tile_max
     grid = (batch * heads, n_q_tiles)
     common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m,
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
-                  CHUNK=_COMPACTION_CHUNK, DOT_PRECISION=_dot_precision(q.dtype), num_warps=config.num_warps,
-                  num_stages=config.num_stages)
+                  CHUNK=_COMPACTION_CHUNK, FUSED_OUTPUT=config.fused_output, DOT_PRECISION=_dot_precision(q.dtype),
+                  num_warps=config.num_warps, num_stages=config.num_stages)
+    stop_residual = _tau.stop_residual(config.alpha, q.dtype != torch.float32)
+    n_rows_total = batch * heads * seq_len
     _entmax_attention_tau_kernel[grid](
-        q, k, doc_ids, doc_start, doc_end, tile_max, tile_list, nonzero_count, allowed_count, tau, config.z_scale,
-        config.power, _tau.stop_residual(config.alpha, q.dtype != torch.float32), seq_len, n_q_tiles, n_k_tiles,
-        NUM_BINS=NUM_BINS, N_ITER=config.n_iter, **common)
+        q, k, doc_ids, doc_start, doc_end, tile_max, tile_list, nonzero_count, allowed_count, tau, state, converged,
+        config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
+        NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter, **common)
     _entmax_attention_output_kernel[grid](
-        q, k, v, out, obar, doc_ids, tile_list, tile_mask, nonzero_count, tau, config.z_scale, config.power,
-        seq_len, n_q_tiles, n_k_tiles, **common)
+        q, k, v, out, obar, doc_ids, tile_max, tile_list, tile_mask, nonzero_count, tau, state, converged, tile_gap,
+        config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
+        N_ITER=config.n_iter, **common)
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
@@ -937,8 +1136,11 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     block_m, block_n, num_warps, num_stages = _default_tiles(head_dim, q.device)
     if block_sizes is not None:
         block_m, block_n = _check_block_sizes(block_sizes)
+    # The fused final pass leaves the backward a superset of the non-zero tiles: the stats, which
+    # count them, take the plain passes.
     config = _LaunchConfig(alpha=alpha, causal=causal, scale=float(scale), n_iter=n_iter, block_m=block_m,
-                           block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+                           block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+                           fused_output=_fuses_output(alpha, head_dim, n_iter) and not return_stats)
 
     batch, heads, seq_len, _ = q.shape
     _check_grid(batch * heads, seq_len, block_m)

@@ -39,10 +39,10 @@ import kernels  # noqa: E402,F401  (loads kernels.entmax_attention)
 entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `kernels.entmax_attention` is the function
 
 _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileMax": "*fp32",
-                  "Tau": "*fp32", "TileMask": "*i8"}
-_INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount")
+                  "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8"}
+_INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged")
 _FLOAT_ARGS = ("z_scale", "power", "stop_residual")
-_INT_ARGS = ("N", "n_q_tiles", "n_k_tiles")
+_INT_ARGS = ("N", "n_q_tiles", "n_k_tiles", "n_rows_total")
 
 
 def find_ptxas() -> str | None:
@@ -56,7 +56,7 @@ def find_ptxas() -> str | None:
 FORWARD_KERNELS = ("tau", "output")
 
 
-def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "tau") -> str:
+def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "tau", fused_output: bool = False) -> str:
     """PTX of one of the forward's two launches (bf16, alpha = 1.5) for sm_90: "tau" (the threshold
     passes; n_iter matters there) or "output", with the tiles, warps and stages the library picks
     for a CUDA device."""
@@ -81,6 +81,7 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
     block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS, N_ITER=n_iter,
+                     FUSED_OUTPUT=fused_output,
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
                      DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
     constants = {name: value for name, value in constants.items() if name in fn.arg_names}
@@ -170,6 +171,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--n-iter", type=int, nargs="+", default=[entmax_attention.default_n_iter(1.5)])
     parser.add_argument("--loops", action="store_true", help="also count SASS instructions per loop")
+    parser.add_argument("--fused-output", action="store_true", help="the launches as the fused final pass builds them")
     args = parser.parse_args(argv)
     ptxas = find_ptxas()
     if ptxas is None:
@@ -180,7 +182,8 @@ def main(argv=None) -> list[dict]:
     for kernel in FORWARD_KERNELS:
         for head_dim in args.head_dims:
             for n_iter in args.n_iter if kernel == "tau" else [None]:
-                ptx = forward_ptx(head_dim, n_iter or 0, kernel=kernel)
+                ptx = forward_ptx(head_dim, n_iter or (entmax_attention.default_n_iter(1.5) if kernel == "output" else 0),
+                                  kernel=kernel, fused_output=args.fused_output)
                 row = {"kernel": kernel, "head_dim": head_dim, "n_iter": n_iter,
                        **ptxas_report(ptx, ptxas, loops=args.loops)}
                 rows.append(row)

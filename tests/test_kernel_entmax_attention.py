@@ -21,8 +21,11 @@ if not torch.cuda.is_available():
 
 import importlib  # noqa: E402
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 import kernels  # noqa: E402
-from kernels import reference  # noqa: E402
+from kernels import _tau, reference  # noqa: E402
 
 from helpers import rel_error  # noqa: E402
 
@@ -68,10 +71,20 @@ def random_doc_ids(gen, batch, seq_len):
     return torch.stack(rows).to(DEVICE)
 
 
-def kernel_and_reference(q, k, v, *, alpha, causal, doc_ids=None, block=(32, 32), grad_seed_gen=None):
-    """Kernel output, stats and (dq, dk, dv); the same from the float64 reference."""
-    out, stats = kernels.entmax_attention(q, k, v, alpha=alpha, causal=causal, doc_ids=doc_ids,
-                                          return_stats=True, block_sizes=block)
+def kernel_and_reference(q, k, v, *, alpha, causal, doc_ids=None, block=(32, 32), grad_seed_gen=None,
+                         through_stats=False):
+    """Kernel output, stats and (dq, dk, dv); the same from the float64 reference.
+
+    The output and gradients come from a call without return_stats, which takes the fused final
+    pass where it applies (kernels.entmax_attention._fuses_output), and the stats from a second
+    call; through_stats=True takes all three from the return_stats call (the plain passes)."""
+    options = dict(alpha=alpha, causal=causal, doc_ids=doc_ids, block_sizes=block)
+    if through_stats:
+        out, stats = kernels.entmax_attention(q, k, v, return_stats=True, **options)
+    else:
+        out = kernels.entmax_attention(q, k, v, **options)
+        with torch.no_grad():
+            _, stats = kernels.entmax_attention(q, k, v, return_stats=True, **options)
     grad_out = torch.randn(out.shape, generator=grad_seed_gen).to(DEVICE, out.dtype)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
 
@@ -122,6 +135,67 @@ def test_gradients_with_skipped_tiles(gen, alpha, causal):
     result, expected = kernel_and_reference(q, k, v, alpha=alpha, causal=causal, block=(16, 16), grad_seed_gen=gen)
     assert result[1]["block_sparsity"] > 0.4
     assert_matches(result, expected, fwd_tol=1e-5, grad_tol=1e-4)
+
+
+@pytest.mark.parametrize("alpha,causal", [(1.5, True), (2.0, False)])
+def test_gradients_through_the_stats_path(gen, alpha, causal):
+    """With return_stats the forward ends with the plain output pass instead of the fused final
+    pass (docs/kernels.md); its output and the values it leaves for the backward match too."""
+    q, k, v = local_qkv(gen, 1, 2, 96, 32, sharpness=2.0)
+    result, expected = kernel_and_reference(q, k, v, alpha=alpha, causal=causal, block=(16, 16), grad_seed_gen=gen,
+                                            through_stats=True)
+    assert_matches(result, expected, fwd_tol=1e-5, grad_tol=1e-4)
+
+
+@triton.jit
+def _final_pass_probe(Q, K, V, TileList, TileGap, Threshold, Step, Out, Obar, N, z_scale, power,
+                      HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, ALPHA_MODE: tl.constexpr):
+    """One query tile: _final_pass over every key tile at the given per-row threshold, then the
+    outputs _expanded_outputs gives at threshold + step."""
+    rows = tl.arange(0, BLOCK)
+    q = attention_module._load_rows(Q, rows, N, HEAD_DIM)
+    threshold = tl.load(Threshold + rows)
+    step = tl.load(Step + rows)
+    mass, slope, curvature, acc_u2, acc_u, acc_support = attention_module._final_pass(
+        q, K, V, Q, rows, rows, 0, 0, 0, threshold, TileList, TileGap, tl.cdiv(N, BLOCK), N, z_scale, power, False,
+        False, HEAD_DIM, BLOCK, BLOCK, ALPHA_MODE, "ieee")
+    out, g_values, g_sum = attention_module._expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step,
+                                                              ALPHA_MODE)
+    attention_module._store_outputs(Out, Obar, rows, N, out, g_values, g_sum, HEAD_DIM)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_final_pass_expansion(gen, alpha):
+    """The fused final pass's output at threshold + step, for steps far larger than the kernel ever
+    takes there, against float64 on the threshold's support: sum_S (u - step)^power v and
+    obar = sum_S g v / sum_S g with g = (u - step)^(power - 1)."""
+    n, head_dim, block = 48, 32, 16
+    q = torch.randn(n, head_dim, generator=gen, dtype=torch.float64)
+    k = torch.randn(n, head_dim, generator=gen, dtype=torch.float64)
+    v = torch.randn(n, head_dim, generator=gen, dtype=torch.float64)
+    z_scale, power = (alpha - 1) / head_dim ** 0.5, 1 / (alpha - 1)
+    z = z_scale * q[:block] @ k.T
+    threshold = z.amax(dim=1) - 0.3 - 0.2 * torch.rand(block, generator=gen, dtype=torch.float64)
+    step = 0.05 * (torch.rand(block, generator=gen, dtype=torch.float64) - 0.5)
+    u = (z - threshold[:, None]).clamp_min(0)
+    support = u > 0
+    shifted = torch.where(support, u - step[:, None], 0.0)
+    expected_out = shifted ** power @ v
+    g = torch.where(support, shifted ** (power - 1), 0.0)
+    expected_obar = (g @ v) / g.sum(dim=1, keepdim=True)
+
+    out, obar = (torch.full((n, head_dim), float("nan"), device=DEVICE) for _ in range(2))
+    tile_list = torch.arange(n // block, device=DEVICE, dtype=torch.int32)
+    tile_gap = torch.full((n // block,), -1, device=DEVICE, dtype=torch.int32)  # poisoned: must be zeroed
+    to32 = lambda t: t.to(DEVICE, torch.float32).contiguous()  # noqa: E731
+    _final_pass_probe[(1,)](to32(q), to32(k), to32(v), tile_list, tile_gap, to32(threshold), to32(step), out, obar,
+                            n, z_scale, power, HEAD_DIM=head_dim, BLOCK=block, ALPHA_MODE=_tau.alpha_mode(alpha))
+    assert rel_error(out[:block], expected_out) <= 1e-5
+    assert rel_error(obar[:block], expected_obar) <= 1e-5
+    # each tile's largest z - threshold, for _keep_nonzero_tiles
+    expected_gap = (z - threshold[:, None]).view(block, n // block, block).amax(dim=(0, 2))
+    decoded = tile_gap.view(torch.float32) - 1.0
+    assert rel_error(decoded, expected_gap.clamp_min(-1.0)) <= 1e-5
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
@@ -190,16 +264,18 @@ def test_block_sparsity_matches_reference(gen, causal, with_docs):
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.75])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
 def test_probabilities_sum_to_one(gen, alpha, dtype, tol):
-    """sum_j p_ij at the kernel's tau, in float64 from the same (rounded) inputs."""
+    """sum_j p_ij at the kernel's tau, in float64 from the same (rounded) inputs; with and without
+    the fused final pass where it applies."""
     q, k, v = (t.detach() for t in make_qkv(gen, 1, 2, 2, 80, 32, q_scale=2.0, dtype=dtype))
-    config = attention_module._LaunchConfig(alpha=alpha, causal=False, scale=32 ** -0.5, n_iter=3, block_m=32,
-                                            block_n=32, num_warps=4, num_stages=1)
-    placeholder = torch.zeros(1, dtype=torch.int32, device=DEVICE)
-    out, _, tau, *_ = attention_module._forward(q, k, v, placeholder, None, None, config)
-    z = config.z_scale * (q.double() @ k.double().transpose(-1, -2))
-    probs = (z - tau.double().view(1, 2, 80, 1)).clamp_min(0) ** config.power
-    assert torch.isfinite(probs).all()
-    assert (probs.sum(-1) - 1).abs().max().item() <= tol
+    for fused in {False, attention_module._fuses_output(alpha, 32, 3)}:
+        config = attention_module._LaunchConfig(alpha=alpha, causal=False, scale=32 ** -0.5, n_iter=3, block_m=32,
+                                                block_n=32, num_warps=4, num_stages=1, fused_output=fused)
+        placeholder = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+        out, _, tau, *_ = attention_module._forward(q, k, v, placeholder, None, None, config)
+        z = config.z_scale * (q.double() @ k.double().transpose(-1, -2))
+        probs = (z - tau.double().view(1, 2, 80, 1)).clamp_min(0) ** config.power
+        assert torch.isfinite(probs).all()
+        assert (probs.sum(-1) - 1).abs().max().item() <= tol, f"fused_output={fused}"
     if dtype == torch.float32:  # the output path too: with v[..., 0] = 1, out[..., 0] = sum_j p_ij
         v[..., 0] = 1.0
         out = kernels.entmax_attention(q, k, v, alpha=alpha, causal=False, block_sizes=(32, 32))
