@@ -33,7 +33,6 @@ import functools
 import importlib.metadata
 import json
 import math
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -363,11 +362,15 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
     )
 
 
-def host_ms(attention, input_sets, backward: bool, calls: int = 20, repeats: int = 5) -> float:
-    """Median, over `repeats` batches of `calls` calls, of the CPU milliseconds one call takes to
+def host_ms(attention, input_sets, backward: bool, calls: int = 20, repeats: int = 10) -> float:
+    """Least, over `repeats` batches of `calls` calls, of the CPU milliseconds one call takes to
     issue while a sleep kernel keeps the GPU busy: no call waits for the GPU, so this is the host's
     cost (Python, allocations, autograd, kernel launches), which the wall-clock time shows wherever
-    it exceeds the GPU's. Gradients are returned, not accumulated, as in "graph" timing."""
+    it exceeds the GPU's. Gradients are returned, not accumulated, as in "graph" timing.
+
+    The least batch, not the median: on the H200 machine the batches of one process came out
+    bimodal (0.14 or 0.27 ms for the same forward, docs/benchmarks.md §1g); whatever slows a batch
+    down (other processes, clocks) is not the call's own cost, and it only ever adds time."""
     run = _cycle(attention, input_sets, backward, accumulate=False)
     run()  # compilation and autotuning stay out of the measurement
     per_call = []
@@ -381,7 +384,7 @@ def host_ms(attention, input_sets, backward: bool, calls: int = 20, repeats: int
         per_call.append((time.perf_counter() - start) / calls * 1e3)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return statistics.median(per_call)
+    return min(per_call)
 
 
 def peak_mib(attention, inputs, backward: bool) -> float:
