@@ -1,0 +1,145 @@
+"""Simulate the threshold solver's start on the benchmark's inputs (alpha = 1.5, float64, CPU):
+the histogram start (main) against the seed-threshold start (docs/kernels.md "Seed threshold").
+
+For sampled query tiles of `scripts.bench_attention.make_qk` it replays, in PyTorch, what the
+threshold launch computes per row, and prints how many passes each start needs after the dense
+pass (the last of them is the output launch's final pass) and the residual |sum(p) - 1| at the
+dense pass's sums that separates one pass from two.
+
+    python docs/experiments/sim_seed_threshold.py --seqlens 8192 --regimes trained long sparse
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+
+from scripts.bench_attention import make_qk  # noqa: E402
+
+BINS, TILE, STOP = 8, 64, 1e-2  # the kernel's bins, tiles and (bf16) stop residual
+SEEDS_NEAR = 2  # seed tiles up to the diagonal, besides the first tile
+
+
+def bracket(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_tau.bracket_from_histogram: every element at its bin's lower edge, root of the quadratic."""
+    bins = torch.clamp(torch.floor(y * BINS), max=BINS - 1)
+    counts = torch.stack([((bins == b) & (y >= 0)).sum(1) for b in range(BINS)], 1).double()
+    edges = torch.arange(BINS, dtype=torch.float64) / BINS
+    gap = (torch.arange(BINS)[:, None] - torch.arange(BINS)[None, :]).double() / BINS
+    below = ((counts @ gap.clamp(min=0) ** 2) >= 1).sum(1)
+    active = torch.arange(BINS)[None, :] >= below[:, None]
+    s0, s1, s2 = ((counts * active * edges ** p).sum(1) for p in (0, 1, 2))
+    root = torch.sqrt((s1 * s1 - s0 * (s2 - 1)).clamp(min=0))
+    t_low = (s2 - 1) / torch.where(s1 + root > 0, s1 + root, torch.ones_like(root))
+    lo = torch.where(s0 > 0, t_low.clamp(min=0), torch.zeros_like(t_low))
+    hi = torch.maximum(torch.where(s0 > 0, (t_low + 1 / BINS).clamp(max=1), torch.zeros_like(t_low)), lo)
+    return lo, hi
+
+
+def sums(y: torch.Tensor, t: torch.Tensor):
+    u = (y - t[:, None]).clamp(min=0)
+    return (u * u).sum(1), -2 * u.sum(1), 2 * (u > 0).double().sum(1)
+
+
+def halley(t, lo, hi, mass, slope, curvature):
+    """_tau.halley_update."""
+    f = mass - 1
+    lo = torch.where(f > 0, t, lo)
+    hi = torch.where(f < 0, t, hi)
+    has_slope = slope < 0
+    newton = t - f / torch.where(has_slope, slope, -torch.ones_like(slope))
+    lo = torch.minimum(torch.where(has_slope, torch.maximum(lo, newton), lo), hi)
+    denominator = 2 * slope * slope - f * curvature
+    use_halley = has_slope & (denominator > 0)
+    step = torch.where(use_halley, t - 2 * f * slope / torch.where(use_halley, denominator, torch.ones_like(f)), newton)
+    width = hi - lo
+    near = has_slope & (step >= lo - width) & (step <= hi + width)
+    t = torch.where(f == 0, t, torch.where(near, step.clamp(min=lo, max=hi), 0.5 * (lo + hi)))
+    return t, lo, hi
+
+
+def passes_until_converged(y, t, lo, hi, cap=12):
+    """Passes (power sums at t, then a Halley step) until one finds every row within STOP."""
+    for n in range(1, cap + 1):
+        mass, slope, curvature = sums(y, t)
+        done = (mass - 1).abs().max().item() <= STOP
+        t, lo, hi = halley(t, lo, hi, mass, slope, curvature)
+        if done:
+            return n
+    return cap
+
+
+def seed_start(z: torch.Tensor, seeds: list[int]):
+    """_seed_threshold, then _start_from_sums: returns (t, lo, hi) in y = z - (m - 1), the residual
+    at the dense pass's sums, and whether those sums already converged."""
+    zs = torch.cat([z[:, s * TILE:(s + 1) * TILE] for s in seeds], 1)
+    seed_shift = zs.amax(1) - 1
+    lo, hi = bracket(zs - seed_shift[:, None])
+    t, lo, hi = halley(0.5 * (lo + hi), lo, hi, *sums(zs - seed_shift[:, None], 0.5 * (lo + hi)))
+    seed_tau = seed_shift + lo
+    shift = z.amax(1) - 1
+    y = z - shift[:, None]
+    t_sums = seed_tau - shift
+    mass, slope, curvature = sums(y, t_sums)
+    s0, s1 = curvature / 2, -slope / 2
+    discriminant = s1 * s1 - s0 * (mass - 1)
+    denominator = s1 + discriminant.clamp(min=0).sqrt()
+    root = t_sums + (mass - 1) / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    lo = t_sums.clamp(min=0)
+    hi = torch.maximum(torch.where((discriminant >= 0) & (denominator > 0), root.clamp(max=1), torch.ones_like(root)), lo)
+    t, lo_step, hi = halley(t_sums, lo, hi, mass, slope, curvature)
+    lo = torch.maximum(lo_step, lo)
+    t = torch.minimum(torch.maximum(t, lo), hi)
+    residual = (mass - 1).abs().max().item()
+    return y, t, lo, hi, residual
+
+
+def simulate(n: int, d: int, regime: str, heads: int, stride: int) -> None:
+    q, k = make_qk(n, d, regime, heads=heads, dtype=torch.bfloat16)
+    q, k = q[0].double(), k[0].double()
+    histogram, seeded = collections.Counter(), collections.Counter()
+    residuals = collections.defaultdict(list)
+    for h in range(heads):
+        for qt in range(0, n // TILE, stride):
+            keys = (qt + 1) * TILE
+            z = 0.5 * (q[h, qt * TILE:keys] @ k[h, :keys].T) / math.sqrt(d)
+            z = z.masked_fill(torch.arange(keys)[None, :] > torch.arange(qt * TILE, keys)[:, None], -math.inf)
+            shift = z.amax(1) - 1
+            y = z - shift[:, None]
+            lo, hi = bracket(y)
+            histogram[passes_until_converged(y, 0.5 * (lo + hi), lo, hi)] += 1
+            seeds = sorted({0, *(s for s in range(qt - SEEDS_NEAR + 1, qt + 1) if s >= 0)})
+            y, t, lo, hi, residual = seed_start(z, seeds)
+            count = 0 if residual <= STOP else passes_until_converged(y, t, lo, hi)
+            seeded[count] += 1
+            residuals[count].append(residual)
+    total = sum(histogram.values())
+    share = lambda c: {k_: f"{v / total:.0%}" for k_, v in sorted(c.items())}  # noqa: E731
+    print(f"N {n} D {d} {regime}: passes after the dense pass, histogram start {share(histogram)}, "
+          f"seed start {share(seeded)} (0: the dense pass's sums converged)")
+    for count, values in sorted(residuals.items()):
+        print(f"    seed start, {count} pass(es): residual at the dense pass's sums {min(values):.3f} to {max(values):.3f}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seqlens", type=int, nargs="+", default=[8192])
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--regimes", nargs="+", default=["trained", "long", "sparse"])
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--stride", type=int, default=4, help="simulate every stride-th query tile")
+    args = p.parse_args(argv)
+    for n in args.seqlens:
+        for regime in args.regimes:
+            simulate(n, args.head_dim, regime, args.heads, max(args.stride, n // 2048))
+
+
+if __name__ == "__main__":
+    main()
