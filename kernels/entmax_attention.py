@@ -282,16 +282,29 @@ def _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, tau_lower_bound
     tile maxima. Returns the new list length.
     """
     threshold = tl.min(tl.where(rows < N, tau_lower_bound, float("inf")), axis=0)
+    return _filter_list(TileList_row, TileMax_row, n_list, threshold, False, CHUNK)
+
+
+@triton.jit
+def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.constexpr, CHUNK: tl.constexpr):
+    """Keep (in place, in order) the listed tiles whose value exceeds threshold; return how many.
+    The value is read per tile id (Values_row[kt]: the tile maxima) or, BY_SLOT, per list slot
+    (the gaps _final_pass encoded, _encode_gap: int32 bits of max(gap + 1, 0))."""
     n_kept = 0
     for chunk_begin in range(0, n_list, CHUNK):
         slots = chunk_begin + tl.arange(0, CHUNK)
         in_list = slots < n_list
         kts = tl.load(TileList_row + slots, mask=in_list, other=0)
-        keep = in_list & (tl.load(TileMax_row + kts, mask=in_list, other=float("-inf")) > threshold)
-        flags = keep.to(tl.int32)
+        if BY_SLOT:
+            # .cg: the atomics went to L2; a line another program brought into L1 may be stale
+            encoded = tl.load(Values_row + slots, mask=in_list, other=0, cache_modifier=".cg")
+            value = encoded.to(tl.float32, bitcast=True) - 1.0
+        else:
+            value = tl.load(Values_row + kts, mask=in_list, other=float("-inf"))
+        flags = (in_list & (value > threshold)).to(tl.int32)
         # Every thread must have read this chunk before any overwrites it.
         tl.debug_barrier()
-        tl.store(TileList_row + n_kept + tl.cumsum(flags, axis=0) - 1, kts, mask=keep)
+        tl.store(TileList_row + n_kept + tl.cumsum(flags, axis=0) - 1, kts, mask=flags != 0)
         n_kept += tl.sum(flags, axis=0)
     tl.debug_barrier()
     return n_kept
@@ -484,21 +497,7 @@ def _keep_nonzero_tiles(TileList_row, TileGap_row, n_list, step, solving, CHUNK:
     tight because the last step is tiny."""
     smallest_step = tl.min(tl.where(solving, step, float("inf")), axis=0)
     tl.debug_barrier()  # the gaps were stored by whichever thread held them
-    n_kept = 0
-    for chunk_begin in range(0, n_list, CHUNK):
-        slots = chunk_begin + tl.arange(0, CHUNK)
-        in_list = slots < n_list
-        kts = tl.load(TileList_row + slots, mask=in_list, other=0)
-        # .cg: the atomics went to L2; a line another program brought into L1 may be stale
-        gap = tl.load(TileGap_row + slots, mask=in_list, other=0, cache_modifier=".cg").to(tl.float32, bitcast=True)
-        keep = in_list & (gap - 1.0 > smallest_step)
-        flags = keep.to(tl.int32)
-        # Every thread must have read this chunk before any overwrites it.
-        tl.debug_barrier()
-        tl.store(TileList_row + n_kept + tl.cumsum(flags, axis=0) - 1, kts, mask=keep)
-        n_kept += tl.sum(flags, axis=0)
-    tl.debug_barrier()
-    return n_kept
+    return _filter_list(TileList_row, TileGap_row, n_list, smallest_step, True, CHUNK)
 
 
 @triton.jit
