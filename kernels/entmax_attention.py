@@ -580,7 +580,7 @@ def _entmax_attention_tau_kernel(
                                                BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER)
 
     if FUSED_OUTPUT:
-        # The output launch goes on from here (_fused_output): it needs the solver's state.
+        # The output launch goes on from here (its FUSED_OUTPUT branch): it needs the solver's state.
         state_offsets = bh.to(tl.int64) * N + rows
         tl.store(State + state_offsets, shift, mask=rows < N)
         tl.store(State + n_rows_total + state_offsets, t, mask=rows < N)
