@@ -59,7 +59,8 @@ FORWARD_KERNELS = ("tau", "output")
 def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "tau", fused_output: bool = False) -> str:
     """PTX of one of the forward's two launches (bf16, alpha = 1.5) for sm_90: "tau" (the threshold
     passes; n_iter matters there) or "output", with the tiles, warps and stages the library picks
-    for a CUDA device."""
+    for a CUDA device. With fused_output the threshold launch is built as _forward builds it then,
+    with one refinement pass whatever n_iter (`tau_passes`)."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
@@ -80,7 +81,8 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
             signature[name] = "constexpr"
     block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
-                     HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS, N_ITER=n_iter,
+                     HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS,
+                     N_ITER=tau_passes(n_iter, fused_output) if kernel == "tau" else n_iter,
                      FUSED_OUTPUT=fused_output,
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
                      DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
@@ -90,6 +92,11 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
     compiled = triton.compile(ASTSource(fn, signature, constants, attrs=attrs), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages))
     return compiled.asm["ptx"]
+
+
+def tau_passes(n_iter: int, fused_output: bool) -> int:
+    """The threshold launch's N_ITER: with the fused final pass it stops after one pass (_forward)."""
+    return 1 if fused_output else n_iter
 
 
 def find_nvdisasm(ptxas: str) -> str | None:
@@ -181,7 +188,8 @@ def main(argv=None) -> list[dict]:
     print("|---|---|---|---|---|---|")
     for kernel in FORWARD_KERNELS:
         for head_dim in args.head_dims:
-            for n_iter in args.n_iter if kernel == "tau" else [None]:
+            passes = sorted({tau_passes(n, args.fused_output) for n in args.n_iter})
+            for n_iter in passes if kernel == "tau" else [None]:
                 ptx = forward_ptx(head_dim, n_iter or (entmax_attention.default_n_iter(1.5) if kernel == "output" else 0),
                                   kernel=kernel, fused_output=args.fused_output)
                 row = {"kernel": kernel, "head_dim": head_dim, "n_iter": n_iter,
