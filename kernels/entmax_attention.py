@@ -43,9 +43,10 @@ MAX_N_ITER = 10
 # steps cost only where they are needed. 8 bins were faster than 16 and 4 (docs/kernels.md).
 NUM_BINS = 8
 # With the seed start (alpha = 1.5), a query tile whose dense-pass sums leave every row within this
-# residual of mass 1 goes straight to the output launch's final pass: on the bench inputs the tiles
-# that then converged in that one pass had residuals up to 0.57, those that needed two from 0.7 on
-# (simulated, docs/kernels.md "Seed threshold"). A wrong guess costs a pass, never accuracy.
+# residual of mass 1 goes straight to the output launch's final pass: on the bench inputs (8k and
+# 32k) the tiles that then converged in that one pass had residuals up to 0.41-0.59, those that
+# needed two from 0.56-0.72 on (docs/experiments/sim_seed_threshold.py). A wrong guess costs a
+# pass, never accuracy.
 SEED_STRAIGHT_RESIDUAL = 0.5
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
