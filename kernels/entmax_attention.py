@@ -46,7 +46,7 @@ NUM_BINS = 8
 # residual of mass 1 goes straight to the output launch's final pass: on the bench inputs (8k and
 # 32k) the tiles that then converged in that one pass had residuals up to 0.41-0.59, those that
 # needed two from 0.56-0.72 on (docs/experiments/sim_seed_threshold.py). A wrong guess costs a
-# pass, never accuracy.
+# pass, not accuracy, as long as n_iter >= 3 leaves the output launch a fallback pass (default 4).
 SEED_STRAIGHT_RESIDUAL = 0.5
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
@@ -286,8 +286,11 @@ def _seed_threshold(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
     pass's power sums there take a Halley step that often leaves only the final pass to do
     (docs/kernels.md, "Seed threshold")."""
     shift = tl.where((rows < N) & (seed_max > float("-inf")), seed_max - 1.0, float("inf"))
-    # The distinct seed tiles: the first allowed one and those around the diagonal (_seed_row_max
-    # clamps into the range instead, which may repeat a tile: harmless for a maximum, not for a sum).
+    # The distinct seed tiles: the first allowed one and those around the diagonal. _seed_row_max
+    # clamps into the range instead, which may repeat a tile (harmless for a maximum, not for a sum)
+    # or, with BLOCK_M >= 2 BLOCK_N on a partial last query tile, take the last key tile, which is
+    # left out here: then the shift may come from a tile not binned, and the bound falls back to
+    # about m - 1, still a lower bound.
     diagonal = (first_row + BLOCK_M - 1) // BLOCK_N
     slots = tl.arange(0, 4)
     kts = tl.where(slots == 0, kt_begin, diagonal - 2 + slots)
@@ -320,13 +323,17 @@ def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, str
     nothing to the mass), so its root is at least tau. Returns t, lo, hi, whether that step is the
     last one (_tau.all_converged) and whether the next pass can be the last (residual within
     straight_residual, docs/kernels.md "Seed threshold")."""
-    lo = tl.maximum(t_sums, 0.0)
+    # Both ends get a margin for fp32 rounding: where no element leaves the support between t_sums
+    # and tau (tied scores), the root is tau itself and could round below it, clamping every later
+    # step under tau; the seed threshold can round a few ulps above tau (found in review).
+    lo = tl.maximum(t_sums - 1e-6, 0.0)
     s0 = 0.5 * curvature
     s1 = -0.5 * slope
     discriminant = s1 * s1 - s0 * (mass - 1.0)
     # the smaller root d, written as (mass - 1) / (s1 + sqrt(...)) to avoid cancellation
     denominator = s1 + tl.sqrt(tl.maximum(discriminant, 0.0))
     root = t_sums + (mass - 1.0) / tl.where(denominator > 0, denominator, 1.0)
+    root = root + 1e-3 * (root - t_sums) + 1e-6
     hi = tl.where((discriminant >= 0) & (denominator > 0), tl.minimum(root, 1.0), 1.0)
     hi = tl.maximum(hi, lo)
     t, lo_step, hi = _tau.halley_update(t_sums, lo, hi, mass, slope, curvature)

@@ -233,6 +233,21 @@ def test_seed_start_far_from_tau(gen, far_level):
     assert rel_error(stats_out, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("block", [(64, 16), (32, 32)])
+def test_seed_start_tied_keys_sum_to_one(gen, block):
+    """Exactly tied keys: no score leaves the support between the seed threshold and tau, so the
+    seed start's quadratic upper bound equals tau in exact arithmetic and fp32 can round it below
+    (found in review: the solver was then clamped under tau, |sum(p) - 1| up to 9e-5). Checked per
+    row, which a whole-tensor error would dilute."""
+    n, head_dim = 512, 32
+    q = torch.randn(1, 1, n, head_dim, generator=gen)
+    k = torch.randn(1, 1, 1, head_dim, generator=gen).expand(1, 1, n, head_dim).contiguous()
+    v = torch.ones(1, 1, n, head_dim)  # out = sum_j p_ij
+    q, k, v = (t.to(DEVICE) for t in (q, k, v))
+    out = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True, block_sizes=block)
+    assert (out.double() - 1).abs().max().item() <= 1e-5
+
+
 def test_document_ids_beyond_int32(gen):
     q, k, v = make_qkv(gen, 1, 2, 1, 40, 32)
     small = torch.tensor([[0] * 15 + [1] * 25])
