@@ -42,6 +42,12 @@ MAX_N_ITER = 10
 # step (scripts/tau_convergence.py); refinement stops early once a tile has converged, so those
 # steps cost only where they are needed. 8 bins were faster than 16 and 4 (docs/kernels.md).
 NUM_BINS = 8
+# With the seed start (alpha = 1.5), a query tile whose dense-pass sums leave every row within this
+# residual of mass 1 goes straight to the output launch's final pass: on the bench inputs (8k and
+# 32k) the tiles that then converged in that one pass had residuals up to 0.41-0.59, those that
+# needed two from 0.56-0.72 on (docs/experiments/sim_seed_threshold.py). A wrong guess costs a
+# pass, not accuracy, as long as n_iter >= 3 leaves the output launch a fallback pass (default 4).
+SEED_STRAIGHT_RESIDUAL = 0.5
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
 
@@ -226,16 +232,22 @@ def _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, d
 
 @triton.jit
 def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row,
-                N, z_scale, bin_shift, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Row maxima of z and every tile's maximum z (stored); counts tiles with an allowed entry; and
-    the histogram of y = z - bin_shift (as _histogram_pass), over the tiles that can hold a y >= 0.
+                N, z_scale, power, bin_shift, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Row maxima of z and every tile's maximum z (stored); counts tiles with an allowed entry; and,
+    over the tiles that can hold a z above bin_shift, either the histogram of y = z - bin_shift (as
+    _histogram_pass) or, with SEED_START, the power sums of u = [z - bin_shift]_+ (as _refine_pass).
 
     The histogram is the one the bracket needs when bin_shift = row maxima - 1, which the caller
-    can only guess (from _seed_row_max) before this pass; it checks the guess afterwards."""
+    can only guess (from _seed_row_max) before this pass; it checks the guess afterwards. The power
+    sums give a Halley step from bin_shift, a lower bound of tau there (_seed_threshold)."""
     raw_row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     n_allowed = 0
     counts = tl.zeros([BLOCK_M, NUM_BINS], dtype=tl.int32)
+    mass = tl.zeros([BLOCK_M], dtype=tl.float32)
+    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+    curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
     shift_times_bins = bin_shift * NUM_BINS
     bin_floor = tl.min(bin_shift, axis=0)
     for kt in range(kt_begin, kt_end):
@@ -246,10 +258,90 @@ def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
         tile_max = tl.max(tile_row_max, axis=0)
         tl.store(TileMax_row + kt, tile_max * z_scale)
         n_allowed += (tile_max > float("-inf")).to(tl.int32)
-        # A tile whose maximum is below every row's shift only adds to no bin: skip the binning.
+        # A tile whose maximum is below every row's shift adds to no bin and no sum: skip it.
         if tile_max * z_scale >= bin_floor:
-            counts += _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
-    return raw_row_max * z_scale, n_allowed, counts
+            if SEED_START:
+                u = tl.maximum(raw * z_scale - bin_shift[:, None], 0.0)
+                tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
+                mass += tile_mass
+                slope += tile_slope
+                curvature += tile_curvature
+            else:
+                counts += _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
+    return raw_row_max * z_scale, n_allowed, counts, mass, slope, curvature
+
+
+@triton.jit
+def _seed_threshold(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
+                    seed_max, TileList_row, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
+                    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Per row, a lower bound of tau from the seed tiles alone (-inf for a row without a seed entry).
+
+    Adding elements to a row only raises its threshold, so the threshold of the seed tiles' scores
+    is at most tau, and so is the lower end of any bracket around it. It is found as tau is: the
+    histogram bracket, then one Halley pass, over the distinct seed tiles (written to the front of
+    the tile list, which the candidates overwrite later). Where the seeds hold most of the mass, as
+    the sinks and the near keys do in trained models, this bound lies close to tau: the dense
+    pass's power sums there take a Halley step that often leaves only the final pass to do
+    (docs/kernels.md, "Seed threshold")."""
+    shift = tl.where((rows < N) & (seed_max > float("-inf")), seed_max - 1.0, float("inf"))
+    # The distinct seed tiles: the first allowed one and those around the diagonal. _seed_row_max
+    # clamps into the range instead, which may repeat a tile (harmless for a maximum, not for a sum)
+    # or, with BLOCK_M >= 2 BLOCK_N on a partial last query tile, take the last key tile, which is
+    # left out here: then the shift may come from a tile not binned, and the bound falls back to
+    # about m - 1, still a lower bound.
+    diagonal = (first_row + BLOCK_M - 1) // BLOCK_N
+    slots = tl.arange(0, 4)
+    kts = tl.where(slots == 0, kt_begin, diagonal - 2 + slots)
+    is_seed = (kts >= kt_begin) & (kts < kt_end) & ((slots == 0) | (kts > kt_begin))
+    flags = is_seed.to(tl.int32)
+    tl.store(TileList_row + tl.cumsum(flags, axis=0) - 1, kts, mask=is_seed)
+    n_seeds = tl.sum(flags, axis=0)
+    tl.debug_barrier()  # the list was stored by whichever thread held each slot
+    counts = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
+                             TileList_row, n_seeds, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS,
+                             DOT_PRECISION)
+    lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
+    t = 0.5 * (lo + hi)
+    mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
+                                          shift + t, TileList_row, n_seeds, N, z_scale, power, CAUSAL, HAS_DOCS,
+                                          HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
+    t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
+    tl.debug_barrier()  # every thread has read the seed list before the candidates overwrite it
+    return tl.where(shift < float("inf"), shift + lo, float("-inf"))
+
+
+@triton.jit
+def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, straight_residual):
+    """The bracket and first Halley step from power sums taken at t_sums, a lower bound of t (the
+    seed threshold, in the shifted units where t is in [0, 1)); mass(t_sums) >= 1 there.
+
+    The bracket: [max(t_sums, 0), 1], its upper end lowered (alpha = 1.5) to the smaller root of the
+    quadratic that the sums give on their support S: sum_S (u - d)^2 = 1. That quadratic is at
+    least the mass at every t >= t_sums (the elements of S below t add (u - d)^2 > 0 to it and
+    nothing to the mass), so its root is at least tau. Returns t, lo, hi, whether that step is the
+    last one (_tau.all_converged) and whether the next pass can be the last (residual within
+    straight_residual, docs/kernels.md "Seed threshold")."""
+    # Both ends get a margin for fp32 rounding: where no element leaves the support between t_sums
+    # and tau (tied scores), the root is tau itself and could round below it, clamping every later
+    # step under tau; the seed threshold can round a few ulps above tau (found in review).
+    lo = tl.maximum(t_sums - 1e-6, 0.0)
+    s0 = 0.5 * curvature
+    s1 = -0.5 * slope
+    discriminant = s1 * s1 - s0 * (mass - 1.0)
+    # the smaller root d, written as (mass - 1) / (s1 + sqrt(...)) to avoid cancellation
+    denominator = s1 + tl.sqrt(tl.maximum(discriminant, 0.0))
+    root = t_sums + (mass - 1.0) / tl.where(denominator > 0, denominator, 1.0)
+    root = root + 1e-3 * (root - t_sums) + 1e-6
+    hi = tl.where((discriminant >= 0) & (denominator > 0), tl.minimum(root, 1.0), 1.0)
+    hi = tl.maximum(hi, lo)
+    t, lo_step, hi = _tau.halley_update(t_sums, lo, hi, mass, slope, curvature)
+    lo = tl.maximum(lo_step, lo)
+    t = tl.minimum(tl.maximum(t, lo), hi)
+    converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
+    straight = _tau.all_converged(mass, solving, straight_residual).to(tl.int32)
+    return t, lo, hi, converged, straight
 
 
 @triton.jit
@@ -519,11 +611,11 @@ def _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step, ALPHA_
 @triton.jit
 def _entmax_attention_tau_kernel(
     Q, K, DocIds, DocStart, DocEnd, TileMax, TileList, ListCount, AllowedCount, Tau, State, Converged,
-    z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
+    z_scale, power, stop_residual, straight_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
-    FUSED_OUTPUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FUSED_OUTPUT: tl.constexpr, SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Forward, first launch: tau per row, and per query tile the list of key tiles that can hold a
     non-zero probability (steps 1-4 of the module docstring). With FUSED_OUTPUT it runs only the
@@ -546,13 +638,21 @@ def _entmax_attention_tau_kernel(
 
     # The histogram is binned during the dense pass against the row maxima of a few seed tiles.
     # Where those are the row maxima (the common case) that is the histogram the bracket needs, and
-    # the separate histogram pass, a second QK^T over every candidate tile, is skipped.
+    # the separate histogram pass, a second QK^T over every candidate tile, is skipped. With
+    # SEED_START (alpha = 1.5) the dense pass takes power sums at the seed tiles' own threshold
+    # instead, a lower bound of tau (_seed_threshold; docs/kernels.md "Seed threshold").
     seed_max = _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
                              N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, DOT_PRECISION) * z_scale
-    bin_shift = tl.where((rows < N) & (seed_max > float("-inf")), seed_max - 1.0, float("inf"))
-    row_max, n_allowed, counts = _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
-                                             kt_begin, kt_end, TileMax_row, N, z_scale, bin_shift, CAUSAL, HAS_DOCS,
-                                             HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, DOT_PRECISION)
+    dense_shift = tl.where((rows < N) & (seed_max > float("-inf")), seed_max - 1.0, float("inf"))
+    if SEED_START:
+        seed_tau = _seed_threshold(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin,
+                                   kt_end, seed_max, TileList_row, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
+                                   BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE, DOT_PRECISION)
+        dense_shift = tl.where(seed_tau > float("-inf"), seed_tau, float("inf"))
+    row_max, n_allowed, counts, mass, slope, curvature = _dense_pass(
+        q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row, N,
+        z_scale, power, dense_shift, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE, SEED_START,
+        DOT_PRECISION)
     # Padding rows past N were not masked (their scores are 0): drop them here.
     row_max = tl.where(rows < N, row_max, float("-inf"))
     n_list = _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CHUNK)
@@ -560,9 +660,13 @@ def _entmax_attention_tau_kernel(
     # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Padding rows get
     # shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
     shift = tl.where(row_max > float("-inf"), row_max - 1.0, float("inf"))
+    # Rows with a threshold to find (padding and fully masked rows have shift = +inf, mass 0).
+    solving = (rows < N) & (shift < float("inf"))
     # A row whose maximum lies outside the seed tiles was binned against a lower shift: redo the
     # histogram for the tile. "Differs" rather than "is larger": should the compiled seed products
     # round differently from the dense pass's, the histogram is redone rather than off by an ulp.
+    # (With SEED_START the sums stay valid, but their bracket, [max(seed threshold, m - 1), ...],
+    # can be far wider than a histogram's; such tiles take the histogram's.)
     seeds_missed = tl.max(((rows < N) & (row_max != seed_max)).to(tl.int32), axis=0)
     if seeds_missed > 0:
         counts = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
@@ -570,14 +674,31 @@ def _entmax_attention_tau_kernel(
                                  NUM_BINS, DOT_PRECISION)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
-    n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
-    # Rows with a threshold to find (padding and fully masked rows have shift = +inf, mass 0).
-    solving = (rows < N) & (shift < float("inf"))
     converged = tl.zeros([], dtype=tl.int32)  # a scalar flag (an int: the frontend wants one type)
-    t, lo, hi, converged, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
-                                               shift, t, lo, hi, solving, converged, TileList_row, TileMax_row, n_list,
-                                               N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                                               BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER)
+    # Whether the next pass can be the last: then, with FUSED_OUTPUT, it is the output launch's
+    # final pass and no refinement pass runs here.
+    straight = tl.zeros([], dtype=tl.int32)
+    if SEED_START:
+        # the sums' point in the shifted units (0 where a row has no sums: from_sums is off there)
+        has_sums = solving & (dense_shift < float("inf"))
+        t_sums = tl.where(has_sums, dense_shift, 0.0) - tl.where(has_sums, shift, 0.0)
+        sums_t, sums_lo, sums_hi, sums_converged, sums_straight = _start_from_sums(
+            t_sums, mass, slope, curvature, solving, stop_residual, straight_residual)
+        from_sums = seeds_missed == 0
+        t = tl.where(from_sums, sums_t, t)
+        lo = tl.where(from_sums, sums_lo, lo)
+        hi = tl.where(from_sums, sums_hi, hi)
+        converged = tl.where(from_sums, sums_converged, converged)
+        if FUSED_OUTPUT:
+            straight = tl.where(from_sums, sums_straight, straight)
+    n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+    # A tile sent straight on runs no pass here: _refinement sees it as converged.
+    hold = tl.maximum(converged, straight)
+    t, lo, hi, refined, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
+                                             shift, t, lo, hi, solving, hold, TileList_row, TileMax_row, n_list,
+                                             N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M,
+                                             BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER)
+    converged = tl.where(straight != 0, converged, refined)
 
     if FUSED_OUTPUT:
         # The output launch goes on from here (its FUSED_OUTPUT branch): it needs the solver's state.
@@ -870,6 +991,13 @@ def _default_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, 
 _FUSED_OUTPUT_MAX_HEAD_DIM = 64
 
 
+def _starts_from_seeds(alpha: float) -> bool:
+    """Whether the threshold launch starts from the seed tiles' threshold (power sums in the dense
+    pass, _seed_threshold) instead of the dense pass's histogram: alpha = 1.5 only, whose
+    fixed-support quadratic also gives the start an upper bound (_start_from_sums)."""
+    return _tau.alpha_mode(alpha) == 1
+
+
 def _fuses_output(alpha: float, head_dim: int, n_iter: int) -> bool:
     """Whether the second refinement pass can also gather the output (_final_pass): its expansion
     is exact on a fixed support only where p is a polynomial in u (alpha = 1.5: u^2; sparsemax: u),
@@ -1028,8 +1156,9 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     n_rows_total = batch * heads * seq_len
     _entmax_attention_tau_kernel[grid](
         q, k, doc_ids, doc_start, doc_end, tile_max, tile_list, nonzero_count, allowed_count, tau, state, converged,
-        config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
-        NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter, **common)
+        config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
+        NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter,
+        SEED_START=_starts_from_seeds(config.alpha), **common)
     _entmax_attention_output_kernel[grid](
         q, k, v, out, obar, doc_ids, tile_max, tile_list, tile_mask, nonzero_count, tau, state, converged, tile_gap,
         config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,

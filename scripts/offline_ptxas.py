@@ -41,7 +41,7 @@ entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `ker
 _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileMax": "*fp32",
                   "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8"}
 _INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged")
-_FLOAT_ARGS = ("z_scale", "power", "stop_residual")
+_FLOAT_ARGS = ("z_scale", "power", "stop_residual", "straight_residual")
 _INT_ARGS = ("N", "n_q_tiles", "n_k_tiles", "n_rows_total")
 
 
@@ -83,7 +83,7 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS,
                      N_ITER=tau_passes(n_iter, fused_output) if kernel == "tau" else n_iter,
-                     FUSED_OUTPUT=fused_output,
+                     FUSED_OUTPUT=fused_output, SEED_START=entmax_attention._starts_from_seeds(1.5),
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
                      DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
     constants = {name: value for name, value in constants.items() if name in fn.arg_names}

@@ -208,6 +208,46 @@ def test_near_uniform_rows_still_sum_to_one(gen, alpha):
     assert (out.double() - 1).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("far_level", [0.0, 0.9, 0.999])
+def test_seed_start_far_from_tau(gen, far_level):
+    """alpha = 1.5 starts from the seed tiles' own threshold (docs/kernels.md "Seed threshold"), a
+    lower bound of tau. Here every row's maximum lies in the first key tile (a sink, always a seed
+    tile), and the keys outside the seed tiles score far_level of it: near 1 they hold most of
+    the mass, so the seed threshold lies far below tau and the dense pass's sums far from mass 1.
+    The result must still match float64, on the fused path and on the plain (return_stats) one."""
+    n, head_dim, block = 320, 32, 32
+    z_scale = 0.5 / head_dim ** 0.5
+    level = torch.full((n,), far_level, dtype=torch.float64) - 0.01 * torch.rand(n, generator=gen, dtype=torch.float64)
+    level[:block] = 1.0 + 0.01 * torch.rand(block, generator=gen, dtype=torch.float64)  # the sink tile
+    q = torch.zeros(1, 1, n, head_dim, dtype=torch.float64)
+    k = torch.zeros(1, 1, n, head_dim, dtype=torch.float64)
+    q[..., 0] = 3.0 / z_scale  # the sink's z is about 3
+    k[0, 0, :, 0] = level
+    v = torch.randn(1, 1, n, head_dim, generator=gen, dtype=torch.float64)
+    expected = reference.entmax_attention(q, k, v, alpha=1.5, causal=True)
+    q, k, v = (t.float().to(DEVICE) for t in (q, k, v))
+    out = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True, block_sizes=(block, block))
+    stats_out, _ = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True, block_sizes=(block, block),
+                                            return_stats=True)
+    assert rel_error(out, expected) <= 1e-5
+    assert rel_error(stats_out, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("block", [(64, 16), (32, 32)])
+def test_seed_start_tied_keys_sum_to_one(gen, block):
+    """Exactly tied keys: no score leaves the support between the seed threshold and tau, so the
+    seed start's quadratic upper bound equals tau in exact arithmetic and fp32 can round it below
+    (found in review: the solver was then clamped under tau, |sum(p) - 1| up to 9e-5). Checked per
+    row, which a whole-tensor error would dilute."""
+    n, head_dim = 512, 32
+    q = torch.randn(1, 1, n, head_dim, generator=gen)
+    k = torch.randn(1, 1, 1, head_dim, generator=gen).expand(1, 1, n, head_dim).contiguous()
+    v = torch.ones(1, 1, n, head_dim)  # out = sum_j p_ij
+    q, k, v = (t.to(DEVICE) for t in (q, k, v))
+    out = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True, block_sizes=block)
+    assert (out.double() - 1).abs().max().item() <= 1e-5
+
+
 def test_document_ids_beyond_int32(gen):
     q, k, v = make_qkv(gen, 1, 2, 1, 40, 32)
     small = torch.tensor([[0] * 15 + [1] * 25])
