@@ -6,19 +6,25 @@ first (_entmax_attention_tau_kernel) finds tau:
 
 1. a dense pass over every allowed key tile: the row maxima m and each tile's maximum score, and,
    binned on the fly against the row maxima of a few seed tiles (the first key tile and those
-   around the diagonal), the histogram of step 3;
+   around the diagonal), the histogram of step 3; at alpha = 1.5 instead the power sums at the
+   seed tiles' own threshold, a lower bound of tau solved over those tiles first (_seed_threshold);
 2. candidate tiles: a tile whose maximum is below min(m) - 1 holds only exact zeros, because
    tau >= m - 1 for every row; the others are compacted into a per-query-tile list;
-3. the histogram: per-row counts of y = z - (m - 1) in [0, 1], which give a bracket for tau one
-   bin wide (kernels/_tau.py); a separate pass over the candidates recomputes it only for query
-   tiles where some row's maximum lies outside the seed tiles;
-4. at most n_iter Halley passes over the listed tiles; after the histogram and after each step,
+3. the start: from the histogram, per-row counts of y = z - (m - 1) in [0, 1], a bracket for tau
+   one bin wide (kernels/_tau.py; a separate pass over the candidates recomputes it only for query
+   tiles where some row's maximum lies outside the seed tiles); at alpha = 1.5, from the dense
+   pass's sums, a bracket and a first Halley step (_start_from_sums);
+4. at most n_iter Halley passes over the listed tiles; after the start and after each step,
    tiles whose stored maximum is at or below every row's lower bound of tau (never above the
    final tau) are dropped, at no matrix-product cost.
 
 The second (_entmax_attention_output_kernel) is the output pass over the remaining tiles: the
 output, obar = sum g v / sum g (g = p^(2 - alpha), for the backward's delta), and the tiles that
-really hold non-zero probabilities: the backward visits only those.
+really hold non-zero probabilities: the backward visits only those. For alpha 1.5 and 2 at
+head_dim <= 64 (_fuses_output) the first launch stops after one Halley pass (none for query tiles
+its start leaves close enough) and the output launch's first pass is also the last Halley pass:
+_final_pass gathers the output around its threshold and _expanded_outputs moves it to the stepped
+tau exactly on that support.
 
 Scores are z = (alpha - 1) * scale * q.k throughout; masked entries are -inf.
 """

@@ -7,6 +7,10 @@ pass (the last of them is the output launch's final pass) and the residual |sum(
 dense pass's sums that separates one pass from two.
 
     python docs/experiments/sim_seed_threshold.py --seqlens 8192 --regimes trained long sparse
+
+--seeds-near and --seed-solve try cheaper seed passes (docs/kernels.md, What remains): fewer seed
+tiles up to the diagonal, or the seed threshold taken as the lower end of the seed tiles' histogram
+bracket without their Halley pass.
 """
 
 from __future__ import annotations
@@ -76,13 +80,15 @@ def passes_until_converged(y, t, lo, hi, cap=12):
     return cap
 
 
-def seed_start(z: torch.Tensor, seeds: list[int]):
+def seed_start(z: torch.Tensor, seeds: list[int], seed_solve: str = "halley"):
     """_seed_threshold, then _start_from_sums: returns (t, lo, hi) in y = z - (m - 1), the residual
-    at the dense pass's sums, and whether those sums already converged."""
+    at the dense pass's sums, and whether those sums already converged. seed_solve "bracket" takes
+    the seed tiles' histogram bracket's lower end, without their Halley pass."""
     zs = torch.cat([z[:, s * TILE:(s + 1) * TILE] for s in seeds], 1)
     seed_shift = zs.amax(1) - 1
     lo, hi = bracket(zs - seed_shift[:, None])
-    t, lo, hi = halley(0.5 * (lo + hi), lo, hi, *sums(zs - seed_shift[:, None], 0.5 * (lo + hi)))
+    if seed_solve == "halley":
+        t, lo, hi = halley(0.5 * (lo + hi), lo, hi, *sums(zs - seed_shift[:, None], 0.5 * (lo + hi)))
     seed_tau = seed_shift + lo
     shift = z.amax(1) - 1
     y = z - shift[:, None]
@@ -101,7 +107,8 @@ def seed_start(z: torch.Tensor, seeds: list[int]):
     return y, t, lo, hi, residual
 
 
-def simulate(n: int, d: int, regime: str, heads: int, stride: int) -> None:
+def simulate(n: int, d: int, regime: str, heads: int, stride: int, seeds_near: int = SEEDS_NEAR,
+             seed_solve: str = "halley") -> None:
     q, k = make_qk(n, d, regime, heads=heads, dtype=torch.bfloat16)
     q, k = q[0].double(), k[0].double()
     histogram, seeded = collections.Counter(), collections.Counter()
@@ -115,14 +122,15 @@ def simulate(n: int, d: int, regime: str, heads: int, stride: int) -> None:
             y = z - shift[:, None]
             lo, hi = bracket(y)
             histogram[passes_until_converged(y, 0.5 * (lo + hi), lo, hi)] += 1
-            seeds = sorted({0, *(s for s in range(qt - SEEDS_NEAR + 1, qt + 1) if s >= 0)})
-            y, t, lo, hi, residual = seed_start(z, seeds)
+            seeds = sorted({0, *(s for s in range(qt - seeds_near + 1, qt + 1) if s >= 0)})
+            y, t, lo, hi, residual = seed_start(z, seeds, seed_solve)
             count = 0 if residual <= STOP else passes_until_converged(y, t, lo, hi)
             seeded[count] += 1
             residuals[count].append(residual)
     total = sum(histogram.values())
     share = lambda c: {k_: f"{v / total:.0%}" for k_, v in sorted(c.items())}  # noqa: E731
-    print(f"N {n} D {d} {regime}: passes after the dense pass, histogram start {share(histogram)}, "
+    print(f"N {n} D {d} {regime} (seeds near the diagonal {seeds_near}, seed solve {seed_solve}): passes after "
+          f"the dense pass, histogram start {share(histogram)}, "
           f"seed start {share(seeded)} (0: the dense pass's sums converged)")
     for count, values in sorted(residuals.items()):
         print(f"    seed start, {count} pass(es): residual at the dense pass's sums {min(values):.3f} to {max(values):.3f}")
@@ -135,10 +143,16 @@ def main(argv=None) -> None:
     p.add_argument("--regimes", nargs="+", default=["trained", "long", "sparse"])
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--stride", type=int, default=4, help="simulate every stride-th query tile")
+    p.add_argument("--seeds-near", type=int, default=SEEDS_NEAR,
+                   help="seed tiles up to the diagonal, besides the first tile (the kernel: 2)")
+    p.add_argument("--seed-solve", choices=("halley", "bracket"), default="halley",
+                   help="the seed threshold: after one Halley pass over the seed tiles (the kernel), or the "
+                        "lower end of their histogram bracket")
     args = p.parse_args(argv)
     for n in args.seqlens:
         for regime in args.regimes:
-            simulate(n, args.head_dim, regime, args.heads, max(args.stride, n // 2048))
+            simulate(n, args.head_dim, regime, args.heads, max(args.stride, n // 2048), args.seeds_near,
+                     args.seed_solve)
 
 
 if __name__ == "__main__":
