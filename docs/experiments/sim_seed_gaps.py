@@ -31,33 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from scripts.bench_attention import make_qk  # noqa: E402
-from sim_seed_threshold import SEEDS_NEAR, STOP, TILE, bracket, halley, sums  # noqa: E402
+from sim_seed_threshold import SEEDS_NEAR, TILE, halley, seed_threshold, start_from_sums, sums  # noqa: E402
 
 STRAIGHT = 0.5  # SEED_STRAIGHT_RESIDUAL
-
-
-def seed_threshold(z: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """_seed_threshold: the lower end of the seed tiles' bracket after one Halley pass."""
-    zs = torch.cat([z[:, s * TILE:(s + 1) * TILE] for s in seeds], 1)
-    seed_shift = zs.amax(1) - 1
-    y = zs - seed_shift[:, None]
-    lo, hi = bracket(y)
-    _, lo, _ = halley(0.5 * (lo + hi), lo, hi, *sums(y, 0.5 * (lo + hi)))
-    return seed_shift + lo
-
-
-def start_from_sums(y: torch.Tensor, t_sums: torch.Tensor):
-    """_start_from_sums: (t, lo, hi) and the residual at the sums."""
-    mass, slope, curvature = sums(y, t_sums)
-    s0, s1 = curvature / 2, -slope / 2
-    discriminant = s1 * s1 - s0 * (mass - 1)
-    denominator = s1 + discriminant.clamp(min=0).sqrt()
-    root = t_sums + (mass - 1) / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    lo = t_sums.clamp(min=0)
-    hi = torch.maximum(torch.where((discriminant >= 0) & (denominator > 0), root.clamp(max=1), torch.ones_like(root)), lo)
-    t, lo_step, hi = halley(t_sums, lo, hi, mass, slope, curvature)
-    lo = torch.maximum(lo_step, lo)
-    return torch.minimum(torch.maximum(t, lo), hi), lo, hi, (mass - 1).abs().max().item()
 
 
 def exact_tau(y: torch.Tensor) -> torch.Tensor:

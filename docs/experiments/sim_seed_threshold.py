@@ -80,19 +80,19 @@ def passes_until_converged(y, t, lo, hi, cap=12):
     return cap
 
 
-def seed_start(z: torch.Tensor, seeds: list[int], seed_solve: str = "halley"):
-    """_seed_threshold, then _start_from_sums: returns (t, lo, hi) in y = z - (m - 1), the residual
-    at the dense pass's sums, and whether those sums already converged. seed_solve "bracket" takes
-    the seed tiles' histogram bracket's lower end, without their Halley pass."""
+def seed_threshold(z: torch.Tensor, seeds: list[int], seed_solve: str = "halley") -> torch.Tensor:
+    """_seed_threshold: the lower end of the seed tiles' bracket after one Halley pass over them
+    (seed_solve "bracket": the lower end of their histogram bracket, without that pass)."""
     zs = torch.cat([z[:, s * TILE:(s + 1) * TILE] for s in seeds], 1)
     seed_shift = zs.amax(1) - 1
     lo, hi = bracket(zs - seed_shift[:, None])
     if seed_solve == "halley":
-        t, lo, hi = halley(0.5 * (lo + hi), lo, hi, *sums(zs - seed_shift[:, None], 0.5 * (lo + hi)))
-    seed_tau = seed_shift + lo
-    shift = z.amax(1) - 1
-    y = z - shift[:, None]
-    t_sums = seed_tau - shift
+        _, lo, _ = halley(0.5 * (lo + hi), lo, hi, *sums(zs - seed_shift[:, None], 0.5 * (lo + hi)))
+    return seed_shift + lo
+
+
+def start_from_sums(y: torch.Tensor, t_sums: torch.Tensor):
+    """_start_from_sums: (t, lo, hi) from the power sums at t_sums, and the residual there."""
     mass, slope, curvature = sums(y, t_sums)
     s0, s1 = curvature / 2, -slope / 2
     discriminant = s1 * s1 - s0 * (mass - 1)
@@ -102,8 +102,15 @@ def seed_start(z: torch.Tensor, seeds: list[int], seed_solve: str = "halley"):
     hi = torch.maximum(torch.where((discriminant >= 0) & (denominator > 0), root.clamp(max=1), torch.ones_like(root)), lo)
     t, lo_step, hi = halley(t_sums, lo, hi, mass, slope, curvature)
     lo = torch.maximum(lo_step, lo)
-    t = torch.minimum(torch.maximum(t, lo), hi)
-    residual = (mass - 1).abs().max().item()
+    return torch.minimum(torch.maximum(t, lo), hi), lo, hi, (mass - 1).abs().max().item()
+
+
+def seed_start(z: torch.Tensor, seeds: list[int], seed_solve: str = "halley"):
+    """_seed_threshold, then _start_from_sums: returns y = z - (m - 1), (t, lo, hi) in those units
+    and the residual at the dense pass's sums."""
+    shift = z.amax(1) - 1
+    y = z - shift[:, None]
+    t, lo, hi, residual = start_from_sums(y, seed_threshold(z, seeds, seed_solve) - shift)
     return y, t, lo, hi, residual
 
 
