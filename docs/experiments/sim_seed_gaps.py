@@ -19,7 +19,6 @@ hold a non-zero probability (the least any test can keep).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 import sys
@@ -31,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from scripts.bench_attention import make_qk  # noqa: E402
-from sim_seed_threshold import SEEDS_NEAR, TILE, halley, seed_threshold, start_from_sums, sums  # noqa: E402
+from sim_seed_threshold import (SEEDS_NEAR, TILE, halley, seed_threshold, sim_arguments,  # noqa: E402
+                                start_from_sums, sums)
 
 STRAIGHT = 0.5  # SEED_STRAIGHT_RESIDUAL
 
@@ -86,13 +86,7 @@ def simulate(n: int, d: int, regime: str, heads: int, stride: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seqlens", type=int, nargs="+", default=[8192])
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--regimes", nargs="+", default=["trained", "long", "sparse"])
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--stride", type=int, default=4, help="simulate every stride-th query tile")
-    args = p.parse_args(argv)
+    args = sim_arguments(__doc__.split("\n\n")[0]).parse_args(argv)
     for n in args.seqlens:
         for regime in args.regimes:
             simulate(n, args.head_dim, regime, args.heads, max(args.stride, n // 2048))

@@ -143,13 +143,19 @@ def simulate(n: int, d: int, regime: str, heads: int, stride: int, seeds_near: i
         print(f"    seed start, {count} pass(es): residual at the dense pass's sums {min(values):.3f} to {max(values):.3f}")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def sim_arguments(description: str) -> argparse.ArgumentParser:
+    """The bench inputs to replay: lengths, head dim, regimes, heads, which query tiles."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--seqlens", type=int, nargs="+", default=[8192])
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--regimes", nargs="+", default=["trained", "long", "sparse"])
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--stride", type=int, default=4, help="simulate every stride-th query tile")
+    return p
+
+
+def main(argv=None) -> None:
+    p = sim_arguments(__doc__.split("\n\n")[0])
     p.add_argument("--seeds-near", type=int, default=SEEDS_NEAR,
                    help="seed tiles up to the diagonal, besides the first tile (the kernel: 2)")
     p.add_argument("--seed-solve", choices=("halley", "bracket"), default="halley",
