@@ -398,8 +398,8 @@ def _compact_candidates(TileMax_row, TileList_row, row_max, gap_ref, kt_begin, k
 
 @triton.jit
 def _drop_zero_tiles(TileList_row, TileMax_row, n_list, tau_lower_bound, gap_ref, CHUNK: tl.constexpr):
-    """Drop (in place) the listed tiles where every row's largest score is at or below the row's
-    lower bound of tau: all their probabilities are zero. Costs no matrix product: the dense pass
+    """Drop (in place) the listed tiles where every row's largest score is below the row's lower
+    bound of tau: all their probabilities are zero. Costs no matrix product: the dense pass
     stored the tile gaps (_tile_gap). Returns the new list length.
     """
     return _filter_list(TileList_row, TileMax_row, n_list, _gap_threshold(tau_lower_bound, gap_ref), False, CHUNK)
@@ -407,8 +407,8 @@ def _drop_zero_tiles(TileList_row, TileMax_row, n_list, tau_lower_bound, gap_ref
 
 @triton.jit
 def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.constexpr, CHUNK: tl.constexpr):
-    """Keep (in place, in order) the listed tiles whose value exceeds threshold; return how many.
-    The value is read per tile id (Values_row[kt]: the tile gaps, _tile_gap) or, BY_SLOT, per list slot
+    """Keep (in place, in order) the listed tiles whose value reaches threshold (BY_SLOT: exceeds
+    it); return how many. The value is read per tile id (Values_row[kt]: the tile gaps, _tile_gap) or, BY_SLOT, per list slot
     (the gaps _final_pass encoded, _encode_gap: int32 bits of max(gap + 1, 0))."""
     n_kept = 0
     for chunk_begin in range(0, n_list, CHUNK):
@@ -421,7 +421,15 @@ def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.conste
             value = encoded.to(tl.float32, bitcast=True) - 1.0
         else:
             value = tl.load(Values_row + kts, mask=in_list, other=float("-inf"))
-        flags = (in_list & (value > threshold)).to(tl.int32)
+        if BY_SLOT:
+            keep = value > threshold
+        else:
+            # A tile gap and the threshold are both differences against the rows' references, each
+            # rounded: where a row's largest z exceeds its bound, its gap rounds to at least the
+            # threshold, never below; so ties stay (a reference far below the scores, e.g. seed
+            # tiles scoring -5e5, leaves an ulp of 0.03 that would swallow small margins).
+            keep = value >= threshold
+        flags = (in_list & keep).to(tl.int32)
         # Every thread must have read this chunk before any overwrites it.
         tl.debug_barrier()
         tl.store(TileList_row + n_kept + tl.cumsum(flags, axis=0) - 1, kts, mask=flags != 0)

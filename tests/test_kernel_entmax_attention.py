@@ -282,6 +282,26 @@ def test_tile_gaps_drop_tiles_per_row(gen):
     assert list(tile_list[:kept.item()].tolist()) == sorted(kept_tiles)  # kept in order
 
 
+def test_tile_gaps_with_a_reference_far_below_the_scores(gen):
+    """The seed tiles score -5e5, so the rows' seed threshold (the tile gaps' reference) is about
+    -5e5 and an fp32 gap there is rounded to 0.03: the small probabilities of probe keys just above
+    tau (found in review) must survive the rounding of the zero-tile tests."""
+    n, head_dim, block = 128, 16, 16
+    q = torch.zeros(1, 1, n, head_dim)
+    q[..., 0] = 8.0  # z = (alpha - 1) / sqrt(head_dim) * q.k = k[..., 0]
+    k = torch.full((1, 1, n, head_dim), 0.0)
+    k[..., 0] = -10.0
+    k[0, 0, :2 * block, 0] = -5e5  # the query tiles' first seed tiles
+    k[0, 0, 40, 0] = 1.0  # every row's maximum, outside tile 0's seeds
+    for j in range(25):  # probes with p about 1e-4 in five key tiles
+        k[0, 0, 48 + block * (j % 5) + j // 5, 0] = 0.01
+    v = torch.randn(1, 1, n, head_dim, generator=gen)
+    expected = reference.entmax_attention(q.double(), k.double(), v.double(), alpha=1.5, causal=False)
+    out = kernels.entmax_attention(*(t.to(DEVICE) for t in (q, k, v)), alpha=1.5, causal=False,
+                                   block_sizes=(block, block))
+    assert rel_error(out, expected) <= 1e-5
+
+
 @pytest.mark.parametrize("block", [(64, 16), (32, 32)])
 def test_seed_start_tied_keys_sum_to_one(gen, block):
     """Exactly tied keys: no score leaves the support between the seed threshold and tau, so the
