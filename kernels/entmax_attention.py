@@ -246,8 +246,10 @@ def _tile_gap(row_max, gap_ref):
     maximum z). Against _gap_threshold of the rows' lower bounds of tau, one number per tile then
     makes a per-row test: every row's largest z in the tile is at or below its own bound, where the
     tile's maximum against the rows' lowest bound makes a per-tile one (docs/kernels.md "Seed gaps")."""
-    # (a finite maximum minus a reference of +inf is -inf: padding rows need no test of their own)
-    gap = tl.where(row_max > float("-inf"), row_max - gap_ref, float("-inf"))
+    # (a finite maximum minus a reference of +inf is -inf: padding rows need no test of their own;
+    # rows without an entry subtract from 0, so that -inf - -inf never makes a NaN)
+    has_entry = row_max > float("-inf")
+    gap = tl.where(has_entry, tl.where(has_entry, row_max, 0.0) - gap_ref, float("-inf"))
     return tl.max(gap, axis=0)
 
 
@@ -255,7 +257,9 @@ def _tile_gap(row_max, gap_ref):
 def _gap_threshold(bound, gap_ref):
     """The smallest over the rows of (bound - reference), rows with reference +inf left out: a tile
     whose gap (_tile_gap) is at or below it has every row's largest z at or below the row's bound."""
-    return tl.min(tl.where(gap_ref < float("inf"), bound - gap_ref, float("inf")), axis=0)
+    counted = gap_ref < float("inf")
+    # (the left-out rows subtract 0, so that inf - inf never makes a NaN)
+    return tl.min(tl.where(counted, bound - tl.where(counted, gap_ref, 0.0), float("inf")), axis=0)
 
 
 @triton.jit
