@@ -237,13 +237,39 @@ def _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, d
 
 
 @triton.jit
+def _tile_gap(row_max, gap_ref):
+    """A tile's gap: the largest over the rows of (the row's largest z in the tile - the row's
+    reference), -inf for a tile without an allowed entry. Rows with reference +inf (padding) are
+    left out; a reference of -inf (a row with no seed entry) gives +inf wherever the row has one.
+
+    The reference is each row's seed threshold (SEED_START) or 0 (then the gap is the tile's
+    maximum z). Against _gap_threshold of the rows' lower bounds of tau, one number per tile then
+    makes a per-row test: every row's largest z in the tile is at or below its own bound, where the
+    tile's maximum against the rows' lowest bound makes a per-tile one (docs/kernels.md "Seed gaps")."""
+    # (a finite maximum minus a reference of +inf is -inf: padding rows need no test of their own;
+    # rows without an entry subtract from 0, so that -inf - -inf never makes a NaN)
+    has_entry = row_max > float("-inf")
+    gap = tl.where(has_entry, tl.where(has_entry, row_max, 0.0) - gap_ref, float("-inf"))
+    return tl.max(gap, axis=0)
+
+
+@triton.jit
+def _gap_threshold(bound, gap_ref):
+    """The smallest over the rows of (bound - reference), rows with reference +inf left out: a tile
+    whose gap (_tile_gap) is at or below it has every row's largest z at or below the row's bound."""
+    counted = gap_ref < float("inf")
+    # (the left-out rows subtract 0, so that inf - inf never makes a NaN)
+    return tl.min(tl.where(counted, bound - tl.where(counted, gap_ref, 0.0), float("inf")), axis=0)
+
+
+@triton.jit
 def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row,
-                N, z_scale, power, bin_shift, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
-                SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Row maxima of z and every tile's maximum z (stored); counts tiles with an allowed entry; and,
-    over the tiles that can hold a z above bin_shift, either the histogram of y = z - bin_shift (as
-    _histogram_pass) or, with SEED_START, the power sums of u = [z - bin_shift]_+ (as _refine_pass).
+                N, z_scale, power, bin_shift, gap_ref, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
+                ALPHA_MODE: tl.constexpr, SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Row maxima of z and every tile's gap (stored, _tile_gap); counts tiles with an allowed entry;
+    and, over the tiles that can hold a z above bin_shift, either the histogram of y = z - bin_shift
+    (as _histogram_pass) or, with SEED_START, the power sums of u = [z - bin_shift]_+ (as _refine_pass).
 
     The histogram is the one the bracket needs when bin_shift = row maxima - 1, which the caller
     can only guess (from _seed_row_max) before this pass; it checks the guess afterwards. The power
@@ -255,17 +281,17 @@ def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
     slope = tl.zeros([BLOCK_M], dtype=tl.float32)
     curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
     shift_times_bins = bin_shift * NUM_BINS
-    bin_floor = tl.min(bin_shift, axis=0)
+    # A tile whose every row's maximum is at or below the row's shift adds to no bin and no sum.
+    bin_floor = _gap_threshold(bin_shift, gap_ref)
     for kt in range(kt_begin, kt_end):
         raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
                               HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
         tile_row_max = tl.max(raw, axis=1)
         raw_row_max = tl.maximum(raw_row_max, tile_row_max)
-        tile_max = tl.max(tile_row_max, axis=0)
-        tl.store(TileMax_row + kt, tile_max * z_scale)
-        n_allowed += (tile_max > float("-inf")).to(tl.int32)
-        # A tile whose maximum is below every row's shift adds to no bin and no sum: skip it.
-        if tile_max * z_scale >= bin_floor:
+        tile_gap = _tile_gap(tile_row_max * z_scale, gap_ref)
+        tl.store(TileMax_row + kt, tile_gap)
+        n_allowed += (tile_gap > float("-inf")).to(tl.int32)
+        if tile_gap >= bin_floor:
             if SEED_START:
                 u = tl.maximum(raw * z_scale - bin_shift[:, None], 0.0)
                 tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
@@ -351,20 +377,21 @@ def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, str
 
 
 @triton.jit
-def _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CHUNK: tl.constexpr):
-    """Write the tiles whose maximum reaches min(row_max) - 1 to the list; return their count.
+def _compact_candidates(TileMax_row, TileList_row, row_max, gap_ref, kt_begin, kt_end, CHUNK: tl.constexpr):
+    """Write the tiles where some row's largest z reaches its row_max - 1 to the list (by the tile
+    gaps, _tile_gap); return their count.
 
-    Any tile below that bound has every score below its row's max - 1 <= tau: all zeros.
+    Any other tile has every score below its row's max - 1 <= tau: all zeros.
     """
-    threshold = tl.min(tl.where(row_max > float("-inf"), row_max - 1.0, float("inf")), axis=0)
+    threshold = _gap_threshold(tl.where(row_max > float("-inf"), row_max - 1.0, float("inf")), gap_ref)
     # Tile maxima were stored by whichever thread held them; make them visible to all.
     tl.debug_barrier()
     n_candidates = 0
     for chunk_begin in range(kt_begin, kt_end, CHUNK):
         kts = chunk_begin + tl.arange(0, CHUNK)
         in_range = kts < kt_end
-        tile_max = tl.load(TileMax_row + kts, mask=in_range, other=float("-inf"))
-        is_candidate = in_range & (tile_max >= threshold)
+        tile_gap = tl.load(TileMax_row + kts, mask=in_range, other=float("-inf"))
+        is_candidate = in_range & (tile_gap >= threshold)
         flags = is_candidate.to(tl.int32)
         slot = n_candidates + tl.cumsum(flags, axis=0) - 1
         tl.store(TileList_row + slot, kts, mask=is_candidate)
@@ -374,19 +401,18 @@ def _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CH
 
 
 @triton.jit
-def _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, tau_lower_bound, CHUNK: tl.constexpr):
-    """Drop (in place) the listed tiles whose maximum score is at or below every row's lower bound
-    of tau: all their probabilities are zero. Costs no matrix product: the dense pass stored the
-    tile maxima. Returns the new list length.
+def _drop_zero_tiles(TileList_row, TileMax_row, n_list, tau_lower_bound, gap_ref, CHUNK: tl.constexpr):
+    """Drop (in place) the listed tiles where every row's largest score is below the row's lower
+    bound of tau: all their probabilities are zero. Costs no matrix product: the dense pass
+    stored the tile gaps (_tile_gap). Returns the new list length.
     """
-    threshold = tl.min(tl.where(rows < N, tau_lower_bound, float("inf")), axis=0)
-    return _filter_list(TileList_row, TileMax_row, n_list, threshold, False, CHUNK)
+    return _filter_list(TileList_row, TileMax_row, n_list, _gap_threshold(tau_lower_bound, gap_ref), False, CHUNK)
 
 
 @triton.jit
 def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.constexpr, CHUNK: tl.constexpr):
-    """Keep (in place, in order) the listed tiles whose value exceeds threshold; return how many.
-    The value is read per tile id (Values_row[kt]: the tile maxima) or, BY_SLOT, per list slot
+    """Keep (in place, in order) the listed tiles whose value reaches threshold (BY_SLOT: exceeds
+    it); return how many. The value is read per tile id (Values_row[kt]: the tile gaps, _tile_gap) or, BY_SLOT, per list slot
     (the gaps _final_pass encoded, _encode_gap: int32 bits of max(gap + 1, 0))."""
     n_kept = 0
     for chunk_begin in range(0, n_list, CHUNK):
@@ -399,7 +425,15 @@ def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.conste
             value = encoded.to(tl.float32, bitcast=True) - 1.0
         else:
             value = tl.load(Values_row + kts, mask=in_list, other=float("-inf"))
-        flags = (in_list & (value > threshold)).to(tl.int32)
+        if BY_SLOT:
+            keep = value > threshold
+        else:
+            # A tile gap and the threshold are both differences against the rows' references, each
+            # rounded: where a row's largest z exceeds its bound, its gap rounds to at least the
+            # threshold, never below; so ties stay (a reference far below the scores, e.g. seed
+            # tiles scoring -5e5, leaves an ulp of 0.03 that would swallow small margins).
+            keep = value >= threshold
+        flags = (in_list & keep).to(tl.int32)
         # Every thread must have read this chunk before any overwrites it.
         tl.debug_barrier()
         tl.store(TileList_row + n_kept + tl.cumsum(flags, axis=0) - 1, kts, mask=flags != 0)
@@ -504,7 +538,7 @@ def _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK: tl.constexpr):
 
 @triton.jit
 def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, t, lo, hi, solving,
-                converged, TileList_row, TileMax_row, n_list, N, z_scale, power, stop_residual, CAUSAL: tl.constexpr,
+                converged, TileList_row, TileMax_row, gap_ref, n_list, N, z_scale, power, stop_residual, CAUSAL: tl.constexpr,
                 HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr, PASSES: tl.constexpr):
     """At most PASSES Halley passes (step 4), each followed by the tile dropping of step 5; returns
@@ -520,7 +554,7 @@ def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
                                                   DOT_PRECISION)
             converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
             t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
-            n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+            n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, shift + lo, gap_ref, CHUNK)
     return t, lo, hi, converged, n_list
 
 
@@ -650,18 +684,23 @@ def _entmax_attention_tau_kernel(
     seed_max = _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
                              N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, DOT_PRECISION) * z_scale
     dense_shift = tl.where((rows < N) & (seed_max > float("-inf")), seed_max - 1.0, float("inf"))
+    # The tile gaps' per-row reference (_tile_gap); padding rows past N (not masked: their scores
+    # are 0) are left out by +inf.
+    gap_ref = tl.where(rows < N, 0.0, float("inf"))
     if SEED_START:
         seed_tau = _seed_threshold(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin,
                                    kt_end, seed_max, TileList_row, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
                                    BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE, DOT_PRECISION)
         dense_shift = tl.where(seed_tau > float("-inf"), seed_tau, float("inf"))
+        # Gaps against the seed threshold, a lower bound of tau that varies with the row as tau does.
+        gap_ref = tl.where(rows < N, seed_tau, float("inf"))
     row_max, n_allowed, counts, mass, slope, curvature = _dense_pass(
         q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row, N,
-        z_scale, power, dense_shift, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE, SEED_START,
-        DOT_PRECISION)
+        z_scale, power, dense_shift, gap_ref, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE,
+        SEED_START, DOT_PRECISION)
     # Padding rows past N were not masked (their scores are 0): drop them here.
     row_max = tl.where(rows < N, row_max, float("-inf"))
-    n_list = _compact_candidates(TileMax_row, TileList_row, row_max, kt_begin, kt_end, CHUNK)
+    n_list = _compact_candidates(TileMax_row, TileList_row, row_max, gap_ref, kt_begin, kt_end, CHUNK)
 
     # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Padding rows get
     # shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
@@ -697,12 +736,12 @@ def _entmax_attention_tau_kernel(
         converged = tl.where(from_sums, sums_converged, converged)
         if FUSED_OUTPUT:
             straight = tl.where(from_sums, sums_straight, straight)
-    n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+    n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, shift + lo, gap_ref, CHUNK)
     # A tile sent straight on runs no pass here: _refinement sees it as converged.
     hold = tl.maximum(converged, straight)
     t, lo, hi, refined, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
-                                             shift, t, lo, hi, solving, hold, TileList_row, TileMax_row, n_list,
-                                             N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M,
+                                             shift, t, lo, hi, solving, hold, TileList_row, TileMax_row, gap_ref,
+                                             n_list, N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M,
                                              BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER)
     converged = tl.where(straight != 0, converged, refined)
 
@@ -713,6 +752,7 @@ def _entmax_attention_tau_kernel(
         tl.store(State + n_rows_total + state_offsets, t, mask=rows < N)
         tl.store(State + 2 * n_rows_total + state_offsets, lo, mask=rows < N)
         tl.store(State + 3 * n_rows_total + state_offsets, hi, mask=rows < N)
+        tl.store(State + 4 * n_rows_total + state_offsets, gap_ref, mask=rows < N)
         tl.store(Converged + table_row, converged)
     else:
         # Padding rows keep tau = +inf (shift), so the output kernel needs no row mask either.
@@ -760,6 +800,7 @@ def _entmax_attention_output_kernel(
         t = tl.load(State + n_rows_total + row_offsets, mask=rows < N, other=0.0)
         lo = tl.load(State + 2 * n_rows_total + row_offsets, mask=rows < N, other=0.0)
         hi = tl.load(State + 3 * n_rows_total + row_offsets, mask=rows < N, other=0.0)
+        gap_ref = tl.load(State + 4 * n_rows_total + row_offsets, mask=rows < N, other=float("inf"))
         converged = tl.load(Converged + table_row)
         solving = (rows < N) & (shift < float("inf"))
         if converged == 0:
@@ -779,13 +820,13 @@ def _entmax_attention_output_kernel(
                 n_list = _keep_nonzero_tiles(TileList_row, TileGap + table_row * n_k_tiles, n_list, step, solving,
                                              CHUNK)
             else:
-                n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, rows, N, shift + lo, CHUNK)
+                n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, shift + lo, gap_ref, CHUNK)
             t = t_next
             t, lo, hi, converged, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
                                                        doc_q_last, shift, t, lo, hi, solving, converged, TileList_row,
-                                                       TileMax_row, n_list, N, z_scale, power, stop_residual, CAUSAL,
-                                                       HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, CHUNK,
-                                                       DOT_PRECISION, N_ITER - 2)
+                                                       TileMax_row, gap_ref, n_list, N, z_scale, power,
+                                                       stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                                                       ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER - 2)
         tau = shift + t
         tl.store(Tau + row_offsets, tau, mask=rows < N)
     else:
@@ -1148,7 +1189,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     if not has_docs:
         doc_start = doc_end = doc_ids
     if config.fused_output:
-        state = torch.empty((4, batch * heads, seq_len), device=device, dtype=torch.float32)
+        state = torch.empty((5, batch * heads, seq_len), device=device, dtype=torch.float32)
         converged = torch.empty(table[:2], device=device, dtype=torch.int32)
         tile_gap = torch.empty(table, device=device, dtype=torch.int32)
     else:  # never read, but pointer arguments must point at memory

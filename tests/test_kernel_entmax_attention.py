@@ -233,6 +233,75 @@ def test_seed_start_far_from_tau(gen, far_level):
     assert rel_error(stats_out, expected) <= 1e-5
 
 
+@triton.jit
+def _tile_gap_probe(RowMax, Ref, Bound, TileGaps, TileList, Kept, n_tiles, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+    """The dense pass's tile gaps from given per-row tile maxima ([ROWS, n_tiles]), then the tile
+    dropping of step 5 against per-row lower bounds of tau."""
+    rows = tl.arange(0, ROWS)
+    ref = tl.load(Ref + rows)
+    for kt in range(0, n_tiles):
+        tl.store(TileGaps + kt, attention_module._tile_gap(tl.load(RowMax + rows * n_tiles + kt), ref))
+    tl.debug_barrier()
+    tl.store(Kept, attention_module._drop_zero_tiles(TileList, TileGaps, n_tiles, tl.load(Bound + rows), ref, CHUNK))
+
+
+def test_tile_gaps_drop_tiles_per_row(gen):
+    """Tile dropping by gaps against each row's reference (docs/kernels.md "Seed gaps"): a tile goes
+    only where every row's largest z is at or below that row's own lower bound of tau (so never a
+    tile holding a non-zero p), and rows whose bounds differ widely drop tiles that the tile's
+    maximum against the rows' lowest bound has to keep. Rows with reference +inf (padding) do not
+    count; a row with reference -inf (no seed entry) keeps every tile where it has an entry."""
+    rows, n_tiles = 16, 40
+    bound = torch.rand(rows, generator=gen, dtype=torch.float64) * 4  # lower bounds of tau, spread wide
+    ref = bound - torch.rand(rows, generator=gen, dtype=torch.float64)  # references below them
+    row_max = bound[:, None] + torch.randn(rows, n_tiles, generator=gen, dtype=torch.float64) - 1.5
+    row_max[torch.rand(rows, n_tiles, generator=gen) < 0.2] = float("-inf")  # rows without an entry there
+    row_max[:, 0] = float("-inf")  # a tile without any entry
+    ref[3], bound[3] = float("inf"), float("inf")  # a padding row: its entries do not count
+    row_max[3] = 100.0
+    ref[5] = float("-inf")  # no seed entry: every tile where row 5 has an entry stays
+    to32 = lambda t: t.to(DEVICE, torch.float32).contiguous()  # noqa: E731
+    tile_gaps = torch.full((n_tiles,), float("nan"), device=DEVICE)
+    tile_list = torch.arange(n_tiles, device=DEVICE, dtype=torch.int32)
+    kept = torch.full((1,), -1, device=DEVICE, dtype=torch.int32)
+    _tile_gap_probe[(1,)](to32(row_max), to32(ref), to32(bound), tile_gaps, tile_list, kept, n_tiles, ROWS=rows,
+                          CHUNK=16)
+    kept_tiles = set(tile_list[:kept.item()].tolist())
+
+    counted = torch.ones(rows, dtype=torch.bool)
+    counted[3] = False
+    above = (row_max > bound[:, None]) & counted[:, None]
+    has_entry = (row_max > float("-inf")) & counted[:, None]
+    exact = set(torch.nonzero(above.any(0)).flatten().tolist())  # tiles a row's own bound cannot rule out
+    assert exact <= kept_tiles, "a tile with a score above its row's bound of tau was dropped"
+    assert set(torch.nonzero(has_entry[5]).flatten().tolist()) <= kept_tiles
+    per_tile = set(torch.nonzero(row_max[counted].amax(0) > bound[counted].min()).flatten().tolist())
+    assert kept_tiles <= per_tile
+    assert len(kept_tiles) < len(per_tile), "the per-row test should drop tiles the per-tile one keeps"
+    assert 0 not in kept_tiles
+    assert list(tile_list[:kept.item()].tolist()) == sorted(kept_tiles)  # kept in order
+
+
+def test_tile_gaps_with_a_reference_far_below_the_scores(gen):
+    """The seed tiles score -5e5, so the rows' seed threshold (the tile gaps' reference) is about
+    -5e5 and an fp32 gap there is rounded to 0.03: the small probabilities of probe keys just above
+    tau (found in review) must survive the rounding of the zero-tile tests."""
+    n, head_dim, block = 128, 16, 16
+    q = torch.zeros(1, 1, n, head_dim)
+    q[..., 0] = 8.0  # z = (alpha - 1) / sqrt(head_dim) * q.k = k[..., 0]
+    k = torch.full((1, 1, n, head_dim), 0.0)
+    k[..., 0] = -10.0
+    k[0, 0, :2 * block, 0] = -5e5  # the query tiles' first seed tiles
+    k[0, 0, 40, 0] = 1.0  # every row's maximum, outside tile 0's seeds
+    for j in range(25):  # probes with p about 1e-4 in five key tiles
+        k[0, 0, 48 + block * (j % 5) + j // 5, 0] = 0.01
+    v = torch.randn(1, 1, n, head_dim, generator=gen)
+    expected = reference.entmax_attention(q.double(), k.double(), v.double(), alpha=1.5, causal=False)
+    out = kernels.entmax_attention(*(t.to(DEVICE) for t in (q, k, v)), alpha=1.5, causal=False,
+                                   block_sizes=(block, block))
+    assert rel_error(out, expected) <= 1e-5
+
+
 @pytest.mark.parametrize("block", [(64, 16), (32, 32)])
 def test_seed_start_tied_keys_sum_to_one(gen, block):
     """Exactly tied keys: no score leaves the support between the seed threshold and tau, so the
