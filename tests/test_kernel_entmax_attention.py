@@ -317,6 +317,22 @@ def test_seed_start_tied_keys_sum_to_one(gen, block):
     assert (out.double() - 1).abs().max().item() <= 1e-5
 
 
+def test_threshold_launch_register_cap_only_where_measured():
+    """The threshold launch's register cap (four programs per multiprocessor) applies only in the
+    configuration the H200 measured: head dim 64, alpha 1.5 (seed start), fused final pass."""
+    def cap(alpha=1.5, head_dim=64, fused_output=True):
+        config = attention_module._LaunchConfig(alpha=alpha, causal=True, scale=0.125, n_iter=4, block_m=64,
+                                                block_n=64, num_warps=4, num_stages=3, fused_output=fused_output)
+        return attention_module._tau_launch_max_registers(config, head_dim)
+
+    assert cap() == attention_module._TAU_LAUNCH_MAX_REGISTERS == 128
+    assert cap(head_dim=128) is None
+    assert cap(head_dim=32) is None
+    assert cap(alpha=2.0) is None
+    assert cap(alpha=1.25, fused_output=False) is None
+    assert cap(fused_output=False) is None
+
+
 def test_document_ids_beyond_int32(gen):
     q, k, v = make_qkv(gen, 1, 2, 1, 40, 32)
     small = torch.tensor([[0] * 15 + [1] * 25])

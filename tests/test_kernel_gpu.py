@@ -122,3 +122,20 @@ def test_agrees_with_adasplash_package():
         ours = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True)
         theirs = adasplash.adasplash(q, k, v, alpha=1.5, is_causal=True)
     assert rel_error(ours, theirs) <= 2e-2
+
+
+def test_threshold_launch_register_cap_holds_without_spills():
+    """At head dim 64 (alpha 1.5, fused final pass) the threshold launch is compiled with the
+    register cap, so that four programs share a multiprocessor, and must not spill under it."""
+    import importlib
+    attention_module = importlib.import_module("kernels.entmax_attention")
+    cap = attention_module._TAU_LAUNCH_MAX_REGISTERS
+    q, k, v = rope_qkv(1, 2, 2, 1024, 64, temperature=0.4, seed=11)
+    with torch.no_grad():
+        kernels.entmax_attention(q, k, v, alpha=1.5, causal=True)
+    caches = attention_module._entmax_attention_tau_kernel.device_caches.values()
+    compiled = [kernel for entry in caches for kernel in (entry[0] if isinstance(entry, tuple) else entry).values()
+                if getattr(kernel.metadata, "maxnreg", None) == cap]
+    assert compiled, "no threshold launch was compiled with the register cap"
+    for kernel in compiled:
+        assert kernel.n_regs <= cap and kernel.n_spills == 0, (kernel.n_regs, kernel.n_spills)
