@@ -1,11 +1,12 @@
 """Simulate which key tiles the forward's refinement and final passes visit (alpha = 1.5, float64,
 CPU): the kernel's zero-tile test against the tile's maximum and the rows' lowest bound of tau
 (main), against a per-row test folded into one number per tile with the seed threshold
-(docs/kernels.md, What remains, "seed gaps").
+(docs/kernels.md, "Seed gaps"; landed in the ninth session).
 
 Seed gaps: the dense pass already knows each row's seed threshold s_r, a lower bound of tau_r. It
 can store, per key tile, G = max over rows of (the row's maximum in the tile - s_r) instead of the
-tile's maximum. A later lower bound l_r then drops the tile when G <= min over rows of (l_r - s_r):
+tile's maximum. A later lower bound l_r then drops the tile when G < min over rows of (l_r - s_r) (the kernel
+keeps ties, which only rounding creates; this float64 replay drops them too):
 every row's maximum in the tile is then at most its own l_r. The rows' bounds move up from the
 seed threshold by similar amounts, so this is close to a per-row test at the cost of a per-tile one.
 
