@@ -57,11 +57,12 @@ SEED_STRAIGHT_RESIDUAL = 0.5
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
 # Register cap (ptxas's maxnreg) of the threshold launch where it was measured: head dim 64 with
-# the seed start and the fused final pass. A multiprocessor holds 64 Ki registers; uncapped the
-# launch takes 162 per thread (Triton 3.6), three 4-warp programs per multiprocessor; at 128 four
-# fit, without spills. H200 A/B: that launch -7 % at 8k, -10 % at 32k, unchanged at 4k. The same
-# kind of cap on the output launch (168) and the dK/dV kernel (168) spilled and was slower, on the
-# dQ kernel (128) it changed nothing (docs/kernels.md, "Register caps").
+# the seed start and the fused final pass, 64 x 64 tiles, 4 warps. A multiprocessor holds 64 Ki
+# registers; uncapped the launch takes 162 per thread (Triton 3.6), three 4-warp programs per
+# multiprocessor; at 128 four fit, without spills. H200 A/B: that launch -7 % at 8k, -10 % at
+# 32k, unchanged at 4k. The same kind of cap on the output launch (168) and the dK/dV kernel (168)
+# spilled and was slower, on the dQ kernel (128) it changed nothing (docs/kernels.md, "Register
+# caps").
 _TAU_LAUNCH_MAX_REGISTERS = 128
 
 
@@ -1029,7 +1030,8 @@ def require_runnable_device(device: torch.device, caller: str) -> None:
 
 def _tau_launch_max_registers(config: _LaunchConfig, head_dim: int) -> int | None:
     """The threshold launch's register cap in the one configuration it was measured in, else None."""
-    measured = head_dim == 64 and config.fused_output and _starts_from_seeds(config.alpha)
+    measured = (head_dim == 64 and config.fused_output and _starts_from_seeds(config.alpha)
+                and (config.block_m, config.block_n, config.num_warps) == (64, 64, 4))
     return _TAU_LAUNCH_MAX_REGISTERS if measured else None
 
 

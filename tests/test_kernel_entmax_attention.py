@@ -319,10 +319,12 @@ def test_seed_start_tied_keys_sum_to_one(gen, block):
 
 def test_threshold_launch_register_cap_only_where_measured():
     """The threshold launch's register cap (four programs per multiprocessor) applies only in the
-    configuration the H200 measured: head dim 64, alpha 1.5 (seed start), fused final pass."""
-    def cap(alpha=1.5, head_dim=64, fused_output=True):
-        config = attention_module._LaunchConfig(alpha=alpha, causal=True, scale=0.125, n_iter=4, block_m=64,
-                                                block_n=64, num_warps=4, num_stages=3, fused_output=fused_output)
+    configuration the H200 measured: head dim 64, alpha 1.5 (seed start), fused final pass, 64 x 64
+    tiles, 4 warps."""
+    def cap(alpha=1.5, head_dim=64, fused_output=True, block=64, num_warps=4):
+        config = attention_module._LaunchConfig(alpha=alpha, causal=True, scale=0.125, n_iter=4, block_m=block,
+                                                block_n=block, num_warps=num_warps, num_stages=3,
+                                                fused_output=fused_output)
         return attention_module._tau_launch_max_registers(config, head_dim)
 
     assert cap() == attention_module._TAU_LAUNCH_MAX_REGISTERS == 128
@@ -331,6 +333,8 @@ def test_threshold_launch_register_cap_only_where_measured():
     assert cap(alpha=2.0) is None
     assert cap(alpha=1.25, fused_output=False) is None
     assert cap(fused_output=False) is None
+    assert cap(block=32) is None
+    assert cap(num_warps=8) is None
 
 
 def test_document_ids_beyond_int32(gen):
