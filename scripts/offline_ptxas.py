@@ -1,6 +1,6 @@
-"""Compile the entmax forward's two launches for sm_90 on a machine without a GPU and read ptxas's
-report: registers, spills, and the C7515 warning (serialized wgmma), per launch, head dim and pass
-count.
+"""Compile the entmax forward's two launches (and, with --backward, the two backward kernels) for
+sm_90 on a machine without a GPU and read ptxas's report: registers, spills, and the C7515 warning
+(serialized wgmma), per launch, head dim and pass count.
 
 Triton builds the PTX for a Hopper target offline; CUDA's ptxas ($PTXAS, on PATH, under
 /usr/local/cuda*/bin, or the copy Triton's wheel bundles) assembles it; when that ptxas is older
@@ -9,6 +9,12 @@ than the PTX's `.version`, the PTX is relabelled with the version it accepts. do
 
     python scripts/offline_ptxas.py --head-dims 64 128 --n-iter 0 4
     python scripts/offline_ptxas.py --head-dims 64 --n-iter 4 --loops   # SASS instructions per loop
+    python scripts/offline_ptxas.py --head-dims 64 128 --backward --loops
+
+The registers depend on the Triton version. The GPU machine runs Triton 3.6; the same version
+installed aside (`pip install --target /tmp/t36 --no-deps triton==3.6.0`, then PYTHONPATH=/tmp/t36)
+reproduces its counts within a few registers, where the CPU machine's Triton 3.9 gives fewer
+(docs/kernels.md, "Ready experiments: the dK/dV kernel").
 
 `--loops` disassembles the cubin (nvdisasm, found next to ptxas or in Triton's wheel) and counts
 the machine instructions in every loop body, with the most frequent opcodes: the per-tile cost of
@@ -39,9 +45,11 @@ import kernels  # noqa: E402,F401  (loads kernels.entmax_attention)
 entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `kernels.entmax_attention` is the function
 
 _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileMax": "*fp32",
-                  "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8"}
-_INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged")
-_FLOAT_ARGS = ("z_scale", "power", "stop_residual", "straight_residual")
+                  "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8", "DO": "*bf16",
+                  "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "Delta": "*fp32"}
+_INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged",
+                 "KeyTileList", "KeyTileCount")
+_FLOAT_ARGS = ("scale", "z_scale", "power", "stop_residual", "straight_residual")
 _INT_ARGS = ("N", "n_q_tiles", "n_k_tiles", "n_rows_total")
 
 
@@ -54,6 +62,7 @@ def find_ptxas() -> str | None:
 
 
 FORWARD_KERNELS = ("tau", "output")
+BACKWARD_KERNELS = ("bwd_dq", "bwd_dkdv")
 
 
 def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "tau", fused_output: bool = False) -> str:
@@ -61,11 +70,34 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
     passes; n_iter matters there) or "output", with the tiles, warps and stages the library picks
     for a CUDA device. With fused_output the threshold launch is built as _forward builds it then,
     with one refinement pass whatever n_iter (`tau_passes`)."""
+    if kernel not in FORWARD_KERNELS:
+        raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
+    block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
+    constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+                     HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS,
+                     N_ITER=tau_passes(n_iter, fused_output) if kernel == "tau" else n_iter,
+                     FUSED_OUTPUT=fused_output, SEED_START=entmax_attention._starts_from_seeds(1.5),
+                     CHUNK=entmax_attention._COMPACTION_CHUNK,
+                     DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
+    return _compile_ptx(kernel, constants, num_warps, num_stages)
+
+
+def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -> str:
+    """PTX of one of the backward's two kernels, "bwd_dq" or "bwd_dkdv" (bf16, alpha = 1.5, one
+    query head per kv head), with the tiles, warps and stages the library picks for a CUDA device."""
+    if kernel not in BACKWARD_KERNELS:
+        raise ValueError(f"kernel must be one of {BACKWARD_KERNELS}, got {kernel!r}")
+    block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
+    constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+                     HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
+    return _compile_ptx(kernel, constants, num_warps, num_stages)
+
+
+def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int) -> str:
+    """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs and return its PTX."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
-    if kernel not in FORWARD_KERNELS:
-        raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
     fn = getattr(entmax_attention, f"_entmax_attention_{kernel}_kernel")
     signature = {}
     for name in fn.arg_names:
@@ -79,13 +111,6 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
             signature[name] = "i32"
         else:
             signature[name] = "constexpr"
-    block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
-    constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
-                     HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS,
-                     N_ITER=tau_passes(n_iter, fused_output) if kernel == "tau" else n_iter,
-                     FUSED_OUTPUT=fused_output, SEED_START=entmax_attention._starts_from_seeds(1.5),
-                     CHUNK=entmax_attention._COMPACTION_CHUNK,
-                     DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
     constants = {name: value for name, value in constants.items() if name in fn.arg_names}
     # 16-byte aligned pointers, as torch allocates them: without this hint Triton does not pipeline.
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
@@ -179,6 +204,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--n-iter", type=int, nargs="+", default=[entmax_attention.default_n_iter(1.5)])
     parser.add_argument("--loops", action="store_true", help="also count SASS instructions per loop")
     parser.add_argument("--fused-output", action="store_true", help="the launches as the fused final pass builds them")
+    parser.add_argument("--backward", action="store_true", help="also the backward's dQ and dK/dV kernels")
     args = parser.parse_args(argv)
     ptxas = find_ptxas()
     if ptxas is None:
@@ -197,6 +223,12 @@ def main(argv=None) -> list[dict]:
                 rows.append(row)
                 print(f"| {kernel} | {head_dim} | {'-' if n_iter is None else n_iter} | {row['registers']} | "
                       f"{row['spill_stores']} | {row['c7515']} |")
+    for kernel in BACKWARD_KERNELS if args.backward else ():
+        for head_dim in args.head_dims:
+            row = {"kernel": kernel, "head_dim": head_dim, "n_iter": None,
+                   **ptxas_report(backward_ptx(head_dim, kernel), ptxas, loops=args.loops)}
+            rows.append(row)
+            print(f"| {kernel} | {head_dim} | - | {row['registers']} | {row['spill_stores']} | {row['c7515']} |")
     if args.loops:
         print("\n| kernel | head dim | n_iter | loop (instruction indices) | instructions | HGMMA | top opcodes |")
         print("|---|---|---|---|---|---|---|")

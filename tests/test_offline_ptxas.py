@@ -92,3 +92,21 @@ def test_loops_report_counts_the_passes():
     assert tau_hgmma.count(4) == 5 and set(tau_hgmma) <= {0, 4}
     assert output_hgmma.count(12) == 1 and set(output_hgmma) <= {0, 12}
     assert "| tau | 64 | 1 | " in done.stdout and "instructions | HGMMA" in done.stdout
+
+
+@pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
+def test_backward_kernels_report():
+    """--backward adds the dQ and dK/dV kernels: Hopper tensor cores, registers in range, and a
+    loop with the dK/dV kernel's four products (16 HGMMA at head dim 64) per non-zero tile pair."""
+    done = _run("from scripts import offline_ptxas\n"
+                "rows = offline_ptxas.main(['--head-dims', '64', '--n-iter', '1', '--backward', '--loops'])\n"
+                "print('wgmma.mma_async' in offline_ptxas.backward_ptx(64, 'bwd_dq'))\n"
+                "for row in rows[2:]:\n"
+                "    print(row['kernel'], row['registers'], max(loop['opcodes'].get('HGMMA', 0) for loop in row['loops']))")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[-3] == "True"
+    dq, dkdv = (line.split() for line in lines[-2:])
+    assert dq[0] == "bwd_dq" and 64 <= int(dq[1]) <= 255 and dq[2] == "12"
+    assert dkdv[0] == "bwd_dkdv" and 64 <= int(dkdv[1]) <= 255 and dkdv[2] == "16"
+    assert any(line.startswith("| bwd_dkdv | 64 | - | ") for line in lines)
