@@ -79,7 +79,13 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
                      FUSED_OUTPUT=fused_output, SEED_START=entmax_attention._starts_from_seeds(1.5),
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
                      DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
-    return _compile_ptx(kernel, constants, num_warps, num_stages)
+    max_registers = None
+    if kernel == "tau":  # the register cap _forward gives this launch, where it gives one
+        config = entmax_attention._LaunchConfig(alpha=1.5, causal=causal, scale=head_dim ** -0.5, n_iter=n_iter,
+                                                block_m=block_m, block_n=block_n, num_warps=num_warps,
+                                                num_stages=num_stages, fused_output=fused_output)
+        max_registers = entmax_attention._tau_launch_max_registers(config, head_dim)
+    return _compile_ptx(kernel, constants, num_warps, num_stages, max_registers)
 
 
 def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -> str:
@@ -93,8 +99,9 @@ def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -
     return _compile_ptx(kernel, constants, num_warps, num_stages)
 
 
-def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int) -> str:
-    """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs and return its PTX."""
+def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int, max_registers: int | None = None) -> str:
+    """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs (and ptxas's
+    register cap, if any) and return its PTX."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
@@ -114,8 +121,11 @@ def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int) 
     constants = {name: value for name, value in constants.items() if name in fn.arg_names}
     # 16-byte aligned pointers, as torch allocates them: without this hint Triton does not pipeline.
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
+    options = dict(num_warps=num_warps, num_stages=num_stages)
+    if max_registers is not None:
+        options["maxnreg"] = max_registers
     compiled = triton.compile(ASTSource(fn, signature, constants, attrs=attrs), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+                              options=options)
     return compiled.asm["ptx"]
 
 

@@ -110,3 +110,18 @@ def test_backward_kernels_report():
     assert dq[0] == "bwd_dq" and 64 <= int(dq[1]) <= 255 and dq[2] == "12"
     assert dkdv[0] == "bwd_dkdv" and 64 <= int(dkdv[1]) <= 255 and dkdv[2] == "16"
     assert any(line.startswith("| bwd_dkdv | 64 | - | ") for line in lines)
+
+
+@pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
+def test_fused_threshold_launch_is_built_with_its_register_cap():
+    """As _forward launches it at head dim 64 with the fused final pass, the threshold launch
+    carries ptxas's register cap (four programs per multiprocessor) and does not spill under it."""
+    done = _run("from scripts import offline_ptxas\n"
+                "ptx = offline_ptxas.forward_ptx(64, 4, kernel='tau', fused_output=True)\n"
+                "print('.maxnreg' in ptx)\n"
+                "report = offline_ptxas.ptxas_report(ptx, offline_ptxas.find_ptxas())\n"
+                "print(report['registers'], report['spill_stores'], offline_ptxas.entmax_attention._TAU_LAUNCH_MAX_REGISTERS)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    marked, numbers = done.stdout.splitlines()[-2:]
+    registers, spills, cap = (int(x) for x in numbers.split())
+    assert marked == "True" and registers <= cap and spills == 0
