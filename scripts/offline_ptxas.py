@@ -99,7 +99,8 @@ def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -
     return _compile_ptx(kernel, constants, num_warps, num_stages)
 
 
-def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int, max_registers: int | None = None) -> str:
+def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int,
+                 max_registers: int | None = None) -> str:
     """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs (and ptxas's
     register cap, if any) and return its PTX."""
     if entmax_attention.is_interpreting():
