@@ -271,8 +271,8 @@ def _gap_threshold(bound, gap_ref):
 
 
 @triton.jit
-def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row,
-                N, z_scale, power, bin_shift, gap_ref, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
+                TileReach_row, N, z_scale, power, bin_shift, gap_ref, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
                 ALPHA_MODE: tl.constexpr, SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Row maxima of z and every tile's gap (stored, _tile_gap); counts tiles with an allowed entry;
@@ -297,7 +297,7 @@ def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
         tile_row_max = tl.max(raw, axis=1)
         raw_row_max = tl.maximum(raw_row_max, tile_row_max)
         tile_gap = _tile_gap(tile_row_max * z_scale, gap_ref)
-        tl.store(TileMax_row + kt, tile_gap)
+        tl.store(TileReach_row + kt, tile_gap)
         n_allowed += (tile_gap > float("-inf")).to(tl.int32)
         if tile_gap >= bin_floor:
             if SEED_START:
@@ -385,7 +385,7 @@ def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, str
 
 
 @triton.jit
-def _compact_candidates(TileMax_row, TileList_row, row_max, gap_ref, kt_begin, kt_end, CHUNK: tl.constexpr):
+def _compact_candidates(TileReach_row, TileList_row, row_max, gap_ref, kt_begin, kt_end, CHUNK: tl.constexpr):
     """Write the tiles where some row's largest z reaches its row_max - 1 to the list (by the tile
     gaps, _tile_gap); return their count.
 
@@ -398,7 +398,7 @@ def _compact_candidates(TileMax_row, TileList_row, row_max, gap_ref, kt_begin, k
     for chunk_begin in range(kt_begin, kt_end, CHUNK):
         kts = chunk_begin + tl.arange(0, CHUNK)
         in_range = kts < kt_end
-        tile_gap = tl.load(TileMax_row + kts, mask=in_range, other=float("-inf"))
+        tile_gap = tl.load(TileReach_row + kts, mask=in_range, other=float("-inf"))
         is_candidate = in_range & (tile_gap >= threshold)
         flags = is_candidate.to(tl.int32)
         slot = n_candidates + tl.cumsum(flags, axis=0) - 1
@@ -409,18 +409,18 @@ def _compact_candidates(TileMax_row, TileList_row, row_max, gap_ref, kt_begin, k
 
 
 @triton.jit
-def _drop_zero_tiles(TileList_row, TileMax_row, n_list, tau_lower_bound, gap_ref, CHUNK: tl.constexpr):
+def _drop_zero_tiles(TileList_row, TileReach_row, n_list, tau_lower_bound, gap_ref, CHUNK: tl.constexpr):
     """Drop (in place) the listed tiles where every row's largest score is below the row's lower
     bound of tau: all their probabilities are zero. Costs no matrix product: the dense pass
     stored the tile gaps (_tile_gap). Returns the new list length.
     """
-    return _filter_list(TileList_row, TileMax_row, n_list, _gap_threshold(tau_lower_bound, gap_ref), False, CHUNK)
+    return _filter_list(TileList_row, TileReach_row, n_list, _gap_threshold(tau_lower_bound, gap_ref), False, CHUNK)
 
 
 @triton.jit
 def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.constexpr, CHUNK: tl.constexpr):
     """Keep (in place, in order) the listed tiles whose value reaches threshold (BY_SLOT: exceeds
-    it); return how many. The value is read per tile id (Values_row[kt]: the tile gaps, _tile_gap) or, BY_SLOT, per list slot
+    it); return how many. The value is read per tile id (Values_row[kt]: the tiles' reach, _tile_gap) or, BY_SLOT, per list slot
     (the gaps _final_pass encoded, _encode_gap: int32 bits of max(gap + 1, 0))."""
     n_kept = 0
     for chunk_begin in range(0, n_list, CHUNK):
@@ -546,9 +546,10 @@ def _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK: tl.constexpr):
 
 @triton.jit
 def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, t, lo, hi, solving,
-                converged, TileList_row, TileMax_row, gap_ref, n_list, N, z_scale, power, stop_residual, CAUSAL: tl.constexpr,
-                HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr, PASSES: tl.constexpr):
+                converged, TileList_row, TileReach_row, gap_ref, n_list, N, z_scale, power, stop_residual,
+                CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                PASSES: tl.constexpr):
     """At most PASSES Halley passes (step 4), each followed by the tile dropping of step 5; returns
     t, the bracket, whether the last pass converged, and the list's length."""
     for _ in tl.static_range(PASSES):
@@ -562,7 +563,7 @@ def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
                                                   DOT_PRECISION)
             converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
             t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
-            n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, shift + lo, gap_ref, CHUNK)
+            n_list = _drop_zero_tiles(TileList_row, TileReach_row, n_list, shift + lo, gap_ref, CHUNK)
     return t, lo, hi, converged, n_list
 
 
@@ -658,7 +659,7 @@ def _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step, ALPHA_
 
 @triton.jit
 def _entmax_attention_tau_kernel(
-    Q, K, DocIds, DocStart, DocEnd, TileMax, TileList, ListCount, AllowedCount, Tau, State, Converged,
+    Q, K, DocIds, DocStart, DocEnd, TileReach, TileList, ListCount, AllowedCount, Tau, State, Converged,
     z_scale, power, stop_residual, straight_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -673,7 +674,7 @@ def _entmax_attention_tau_kernel(
     Q_head = Q + head_offset
     K_head = K + kv_offset
     DocIds_b = DocIds + batch.to(tl.int64) * N
-    TileMax_row = TileMax + table_row * n_k_tiles
+    TileReach_row = TileReach + table_row * n_k_tiles
     TileList_row = TileList + table_row * n_k_tiles
 
     first_row = qt * BLOCK_M
@@ -703,12 +704,12 @@ def _entmax_attention_tau_kernel(
         # Gaps against the seed threshold, a lower bound of tau that varies with the row as tau does.
         gap_ref = tl.where(rows < N, seed_tau, float("inf"))
     row_max, n_allowed, counts, mass, slope, curvature = _dense_pass(
-        q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileMax_row, N,
+        q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileReach_row, N,
         z_scale, power, dense_shift, gap_ref, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE,
         SEED_START, DOT_PRECISION)
     # Padding rows past N were not masked (their scores are 0): drop them here.
     row_max = tl.where(rows < N, row_max, float("-inf"))
-    n_list = _compact_candidates(TileMax_row, TileList_row, row_max, gap_ref, kt_begin, kt_end, CHUNK)
+    n_list = _compact_candidates(TileReach_row, TileList_row, row_max, gap_ref, kt_begin, kt_end, CHUNK)
 
     # Solve in y = z - (m - 1), where t = tau - (m - 1) lies in [0, 1). Padding rows get
     # shift = +inf: every y is -inf there, so p = 0 and nothing is NaN.
@@ -744,11 +745,11 @@ def _entmax_attention_tau_kernel(
         converged = tl.where(from_sums, sums_converged, converged)
         if FUSED_OUTPUT:
             straight = tl.where(from_sums, sums_straight, straight)
-    n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, shift + lo, gap_ref, CHUNK)
+    n_list = _drop_zero_tiles(TileList_row, TileReach_row, n_list, shift + lo, gap_ref, CHUNK)
     # A tile sent straight on runs no pass here: _refinement sees it as converged.
     hold = tl.maximum(converged, straight)
     t, lo, hi, refined, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
-                                             shift, t, lo, hi, solving, hold, TileList_row, TileMax_row, gap_ref,
+                                             shift, t, lo, hi, solving, hold, TileList_row, TileReach_row, gap_ref,
                                              n_list, N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M,
                                              BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER)
     converged = tl.where(straight != 0, converged, refined)
@@ -771,7 +772,7 @@ def _entmax_attention_tau_kernel(
 
 @triton.jit
 def _entmax_attention_output_kernel(
-    Q, K, V, Out, Obar, DocIds, TileMax, TileList, TileMask, NonzeroCount, Tau, State, Converged, TileGap,
+    Q, K, V, Out, Obar, DocIds, TileReach, TileList, TileMask, NonzeroCount, Tau, State, Converged, TileGap,
     z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -819,7 +820,7 @@ def _entmax_attention_output_kernel(
             converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
             t_next, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
             step = tl.where(solving, t_next - t, 0.0)
-            TileMax_row = TileMax + table_row * n_k_tiles
+            TileReach_row = TileReach + table_row * n_k_tiles
             if converged != 0:
                 out, g_values, g_sum = _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step,
                                                          ALPHA_MODE)
@@ -828,11 +829,11 @@ def _entmax_attention_output_kernel(
                 n_list = _keep_nonzero_tiles(TileList_row, TileGap + table_row * n_k_tiles, n_list, step, solving,
                                              CHUNK)
             else:
-                n_list = _drop_zero_tiles(TileList_row, TileMax_row, n_list, shift + lo, gap_ref, CHUNK)
+                n_list = _drop_zero_tiles(TileList_row, TileReach_row, n_list, shift + lo, gap_ref, CHUNK)
             t = t_next
             t, lo, hi, converged, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
                                                        doc_q_last, shift, t, lo, hi, solving, converged, TileList_row,
-                                                       TileMax_row, gap_ref, n_list, N, z_scale, power,
+                                                       TileReach_row, gap_ref, n_list, N, z_scale, power,
                                                        stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
                                                        ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER - 2)
         tau = shift + t
@@ -1194,7 +1195,8 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     out = torch.empty_like(q)
     obar = torch.empty_like(q)
     tau = torch.empty((batch * heads, seq_len), device=device, dtype=torch.float32)
-    tile_max = torch.empty(table, device=device, dtype=torch.float32)
+    # Per key tile, how far its scores reach above the rows' references (_tile_gap).
+    tile_reach = torch.empty(table, device=device, dtype=torch.float32)
     tile_list = torch.empty(table, device=device, dtype=torch.int32)
     tile_mask = torch.zeros(table, device=device, dtype=torch.int8)
     nonzero_count = torch.empty(table[:2], device=device, dtype=torch.int32)
@@ -1208,7 +1210,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         converged = torch.empty(table[:2], device=device, dtype=torch.int32)
         tile_gap = torch.empty(table, device=device, dtype=torch.int32)
     else:  # never read, but pointer arguments must point at memory
-        state, converged, tile_gap = tau, nonzero_count, tile_max
+        state, converged, tile_gap = tau, nonzero_count, tile_reach
     grid = (batch * heads, n_q_tiles)
     common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m,
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
@@ -1219,12 +1221,12 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     max_registers = _tau_launch_max_registers(config, head_dim)
     tau_cap = {} if max_registers is None or is_interpreting() else {"maxnreg": max_registers}
     _entmax_attention_tau_kernel[grid](
-        q, k, doc_ids, doc_start, doc_end, tile_max, tile_list, nonzero_count, allowed_count, tau, state, converged,
+        q, k, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state, converged,
         config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
         NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter,
         SEED_START=_starts_from_seeds(config.alpha), **common, **tau_cap)
     _entmax_attention_output_kernel[grid](
-        q, k, v, out, obar, doc_ids, tile_max, tile_list, tile_mask, nonzero_count, tau, state, converged, tile_gap,
+        q, k, v, out, obar, doc_ids, tile_reach, tile_list, tile_mask, nonzero_count, tau, state, converged, tile_gap,
         config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
         N_ITER=config.n_iter, **common)
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count

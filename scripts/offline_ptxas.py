@@ -44,7 +44,7 @@ import kernels  # noqa: E402,F401  (loads kernels.entmax_attention)
 
 entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `kernels.entmax_attention` is the function
 
-_POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileMax": "*fp32",
+_POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileReach": "*fp32",
                   "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8", "DO": "*bf16",
                   "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "Delta": "*fp32"}
 _INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged",
