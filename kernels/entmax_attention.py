@@ -940,13 +940,19 @@ def _entmax_attention_bwd_dkdv_kernel(
             rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
             q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
             do = _load_rows(DO + head_offset, rows, N, HEAD_DIM)
-            tau = tl.load(Tau + bh.to(tl.int64) * N + rows, mask=rows < N, other=float("inf"))
-            delta = tl.load(Delta + bh.to(tl.int64) * N + rows, mask=rows < N, other=0.0)
-            # Transposed tile: [BLOCK_N keys, BLOCK_M queries].
+            # Transposed tile: [BLOCK_N keys, BLOCK_M queries]. tau and delta vary along its
+            # columns, so each thread holds 16 of each per tile; loaded with a mask they cost more
+            # instructions than the tile's four products. Rows past N read row N - 1's values
+            # instead, and the last query tile always takes the mask below, which gives those
+            # rows p = 0 and dS = 0 whatever tau and delta they read.
+            inside = tl.minimum(rows, N - 1)
+            tau = tl.load(Tau + bh.to(tl.int64) * N + inside)
+            delta = tl.load(Delta + bh.to(tl.int64) * N + inside)
             raw_t = _dot(k, tl.trans(q), None, DOT_PRECISION)
             doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, qt * BLOCK_M, N, HAS_DOCS, BLOCK_M)
-            if _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
-                                BLOCK_N):
+            past_end = qt * BLOCK_M + BLOCK_M > N
+            if past_end | _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL,
+                                           HAS_DOCS, BLOCK_N):
                 row_docs = _load_doc_ids(DocIds_b, rows, N, -2, HAS_DOCS)
                 allowed = _allowed(rows[None, :], cols[:, None], row_docs[None, :], col_docs[:, None], N,
                                    CAUSAL, HAS_DOCS)
