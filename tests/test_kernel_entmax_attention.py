@@ -375,6 +375,25 @@ def test_large_logits(gen, alpha):
     assert_matches(result, expected, fwd_tol=1e-4, grad_tol=1e-3)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_rows_past_the_end_stay_finite_in_dk_dv(gen, causal):
+    """The dK/dV kernel reads tau and delta unmasked, rows past N taking row N - 1's values, and
+    masks every tile of the last query tile so that those rows get p = 0 and dS = 0. Row N - 1's
+    scores here lie near -4e10 (so does its tau): a padding row scoring 0 against it would get
+    u ~ 4e10 and, at alpha = 1.25, p = u^4 = inf, and inf * 0 = NaN in dK and dV. (Row N - 1's
+    own result is beyond fp32 at that magnitude; the reference cases with N = 63, 100 and 257
+    check the padding rows' exactness.)"""
+    q, k, v = make_qkv(gen, 1, 1, 1, 100, 32)
+    with torch.no_grad():
+        direction = torch.randn(32, generator=gen).to(DEVICE)
+        k += 3.0 * direction
+        q[0, 0, 99] = -1e10 * direction
+    out = kernels.entmax_attention(q, k, v, alpha=1.25, causal=causal, block_sizes=(32, 32))
+    grads = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=gen).to(DEVICE))
+    for name, grad in zip(("dq", "dk", "dv"), grads):
+        assert torch.isfinite(grad).all(), name
+
+
 @pytest.mark.parametrize("causal,with_docs", [(True, False), (False, False), (False, True)])
 def test_block_sparsity_matches_reference(gen, causal, with_docs):
     q, k, v = local_qkv(gen, 1, 2, 160, 32, sharpness=2.0)
