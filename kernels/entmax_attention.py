@@ -858,7 +858,7 @@ def _entmax_attention_output_kernel(
 
 @triton.jit
 def _entmax_attention_bwd_dq_kernel(
-    Q, K, V, DO, Obar, DQ, Delta, Tau, DocIds, TileList, NonzeroCount,
+    Q, K, V, DO, Obar, DQ, TauDelta, Tau, DocIds, TileList, NonzeroCount,
     scale, z_scale, power, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -902,12 +902,15 @@ def _entmax_attention_bwd_dq_kernel(
     dims = tl.arange(0, HEAD_DIM)
     tl.store(DQ + head_offset + rows[:, None] * HEAD_DIM + dims[None, :],
              (acc * scale).to(DQ.dtype.element_ty), mask=rows[:, None] < N)
-    tl.store(Delta + bh.to(tl.int64) * N + rows, delta, mask=rows < N)
+    # tau and delta side by side for the dK/dV kernel: one 8-byte load per query row there.
+    pair_offsets = (bh.to(tl.int64) * N + rows) * 2
+    tl.store(TauDelta + pair_offsets, tau, mask=rows < N)
+    tl.store(TauDelta + pair_offsets + 1, delta, mask=rows < N)
 
 
 @triton.jit
 def _entmax_attention_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, Delta, Tau, DocIds, KeyTileList, KeyTileCount,
+    Q, K, V, DO, DK, DV, TauDelta, DocIds, KeyTileList, KeyTileCount,
     scale, z_scale, power, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -946,8 +949,8 @@ def _entmax_attention_bwd_dkdv_kernel(
             # instead, and the last query tile always takes the mask below, which gives those
             # rows p = 0 and dS = 0 whatever tau and delta they read.
             inside = tl.minimum(rows, N - 1)
-            tau = tl.load(Tau + bh.to(tl.int64) * N + inside)
-            delta = tl.load(Delta + bh.to(tl.int64) * N + inside)
+            pair_offsets = (bh.to(tl.int64) * N + inside) * 2
+            tau, delta = tl.split(tl.load(TauDelta + pair_offsets[:, None] + tl.arange(0, 2)[None, :]))
             raw_t = _dot(k, tl.trans(q), None, DOT_PRECISION)
             doc_q_first, doc_q_last = _query_tile_docs(DocIds_b, qt * BLOCK_M, N, HAS_DOCS, BLOCK_M)
             past_end = qt * BLOCK_M + BLOCK_M > N
@@ -1250,9 +1253,9 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
                   num_warps=config.num_warps, num_stages=config.num_stages)
 
     dq = torch.empty_like(q)
-    delta = torch.empty((batch * heads, seq_len), device=device, dtype=torch.float32)
+    tau_delta = torch.empty((batch * heads, seq_len, 2), device=device, dtype=torch.float32)
     _entmax_attention_bwd_dq_kernel[(batch * heads, n_q_tiles)](
-        q, k, v, grad_out, obar, dq, delta, tau, doc_ids, tile_list, nonzero_count,
+        q, k, v, grad_out, obar, dq, tau_delta, tau, doc_ids, tile_list, nonzero_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, **common)
 
     key_tile_list = torch.empty((batch * heads, n_k_tiles, n_q_tiles), device=device, dtype=torch.int32)
@@ -1263,7 +1266,7 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     _entmax_attention_bwd_dkdv_kernel[(n_k_tiles, batch * kv_heads)](
-        q, k, v, grad_out, dk, dv, delta, tau, doc_ids, key_tile_list, key_tile_count,
+        q, k, v, grad_out, dk, dv, tau_delta, doc_ids, key_tile_list, key_tile_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, **common)
     return dq, dk, dv
 
