@@ -46,7 +46,7 @@ entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `ker
 
 _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileReach": "*fp32",
                   "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8", "DO": "*bf16",
-                  "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "Delta": "*fp32"}
+                  "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "Delta": "*fp32", "TauDelta": "*fp32"}
 _INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged",
                  "KeyTileList", "KeyTileCount")
 _FLOAT_ARGS = ("scale", "z_scale", "power", "stop_residual", "straight_residual")
