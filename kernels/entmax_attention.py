@@ -64,6 +64,10 @@ _COMPACTION_CHUNK = 128
 # spilled and was slower, on the dQ kernel (128) it changed nothing (docs/kernels.md, "Register
 # caps").
 _TAU_LAUNCH_MAX_REGISTERS = 128
+# Launch options of the dK/dV kernel that differ from the other launches', per head dim. At head
+# dim 128 its two [64, 128] fp32 accumulators alone take 128 registers per thread with 4 warps:
+# with 3 stages ptxas spills 112 bytes (Triton 3.6, offline), with 2 stages 88 (a shorter loop).
+_DKDV_LAUNCH = {128: dict(num_stages=2)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1267,7 +1271,8 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     dv = torch.empty_like(v)
     _entmax_attention_bwd_dkdv_kernel[(n_k_tiles, batch * kv_heads)](
         q, k, v, grad_out, dk, dv, tau_delta, doc_ids, key_tile_list, key_tile_count,
-        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, **common)
+        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
+        **{**common, **_DKDV_LAUNCH.get(head_dim, {})})
     return dq, dk, dv
 
 
