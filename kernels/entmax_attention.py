@@ -66,7 +66,8 @@ _COMPACTION_CHUNK = 128
 _TAU_LAUNCH_MAX_REGISTERS = 128
 # Launch options of the dK/dV kernel that differ from the other launches', per head dim. At head
 # dim 128 its two [64, 128] fp32 accumulators alone take 128 registers per thread with 4 warps:
-# with 3 stages ptxas spills 112 bytes (Triton 3.6, offline), with 2 stages 88 (a shorter loop).
+# with 3 stages ptxas spills 112 bytes (Triton 3.6, offline), with 2 stages 88 (a shorter loop);
+# on the H200, 2 stages made the kernel 30-34 % faster, 8 warps 2.5x slower (docs/benchmarks.md §1j).
 _DKDV_LAUNCH = {128: dict(num_stages=2)}
 
 
