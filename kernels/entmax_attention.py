@@ -64,11 +64,19 @@ _COMPACTION_CHUNK = 128
 # spilled and was slower, on the dQ kernel (128) it changed nothing (docs/kernels.md, "Register
 # caps").
 _TAU_LAUNCH_MAX_REGISTERS = 128
-# Launch options of the dK/dV kernel that differ from the other launches', per head dim. At head
-# dim 128 its two [64, 128] fp32 accumulators alone take 128 registers per thread with 4 warps:
-# with 3 stages ptxas spills 112 bytes (Triton 3.6, offline), with 2 stages 88 (a shorter loop);
-# on the H200, 2 stages made the kernel 30-34 % faster, 8 warps 2.5x slower (docs/benchmarks.md §1j).
-_DKDV_LAUNCH = {128: dict(num_stages=2)}
+# Launch options that differ from the common ones (_default_tiles), per kernel and head dim. At
+# head dim 128 the dK/dV kernel's two [64, 128] fp32 accumulators alone take 128 registers per
+# thread with 4 warps: with 3 stages ptxas spills 112 bytes (Triton 3.6, offline), with 2 stages 88
+# (a shorter loop); on the H200, 2 stages made it 30-34 % faster, 8 warps 2.5x slower
+# (docs/benchmarks.md §1j). The dQ kernel's 3 stages of K and V tiles take 128 KiB of shared
+# memory at head dim 128, one program per multiprocessor; 2 stages take 96 KiB, two programs.
+_LAUNCH_OPTIONS = {"bwd_dkdv": {128: dict(num_stages=2)}, "bwd_dq": {128: dict(num_stages=2)}}
+
+
+def _launch_options(kernel: str, head_dim: int) -> dict:
+    """The launch options `kernel` ("tau", "output", "bwd_dq" or "bwd_dkdv") takes at this head
+    dim on top of the common ones."""
+    return _LAUNCH_OPTIONS.get(kernel, {}).get(head_dim, {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1261,7 +1269,8 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     tau_delta = torch.empty((batch * heads, seq_len, 2), device=device, dtype=torch.float32)
     _entmax_attention_bwd_dq_kernel[(batch * heads, n_q_tiles)](
         q, k, v, grad_out, obar, dq, tau_delta, tau, doc_ids, tile_list, nonzero_count,
-        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, **common)
+        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
+        **{**common, **_launch_options("bwd_dq", head_dim)})
 
     key_tile_list = torch.empty((batch * heads, n_k_tiles, n_q_tiles), device=device, dtype=torch.int32)
     key_tile_count = torch.empty((batch * heads, n_k_tiles), device=device, dtype=torch.int32)
@@ -1273,7 +1282,7 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     _entmax_attention_bwd_dkdv_kernel[(n_k_tiles, batch * kv_heads)](
         q, k, v, grad_out, dk, dv, tau_delta, doc_ids, key_tile_list, key_tile_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
-        **{**common, **_DKDV_LAUNCH.get(head_dim, {})})
+        **{**common, **_launch_options("bwd_dkdv", head_dim)})
     return dq, dk, dv
 
 

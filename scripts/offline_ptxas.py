@@ -96,9 +96,8 @@ def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -
     block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
-    if kernel == "bwd_dkdv":  # the launch options _backward gives that kernel at this head dim
-        launch = entmax_attention._DKDV_LAUNCH.get(head_dim, {})
-        num_warps, num_stages = launch.get("num_warps", num_warps), launch.get("num_stages", num_stages)
+    launch = entmax_attention._launch_options(kernel, head_dim)  # as _backward launches it
+    num_warps, num_stages = launch.get("num_warps", num_warps), launch.get("num_stages", num_stages)
     return _compile_ptx(kernel, constants, num_warps, num_stages)
 
 
