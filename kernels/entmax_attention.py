@@ -1246,11 +1246,11 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         q, k, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state, converged,
         config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
         NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter,
-        SEED_START=_starts_from_seeds(config.alpha), **common, **tau_cap)
+        SEED_START=_starts_from_seeds(config.alpha), **{**common, **_launch_options("tau", head_dim)}, **tau_cap)
     _entmax_attention_output_kernel[grid](
         q, k, v, out, obar, doc_ids, tile_reach, tile_list, tile_mask, nonzero_count, tau, state, converged, tile_gap,
         config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
-        N_ITER=config.n_iter, **common)
+        N_ITER=config.n_iter, **{**common, **_launch_options("output", head_dim)})
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 

@@ -66,7 +66,12 @@ BACKWARD_KERNELS = ("bwd_dq", "bwd_dkdv")
 
 
 def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "tau", fused_output: bool = False) -> str:
-    """PTX of one of the forward's two launches (bf16, alpha = 1.5) for sm_90: "tau" (the threshold
+    """PTX of `forward_kernel`."""
+    return forward_kernel(head_dim, n_iter, causal, kernel, fused_output).asm["ptx"]
+
+
+def forward_kernel(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "tau", fused_output: bool = False):
+    """One of the forward's two launches compiled (bf16, alpha = 1.5) for sm_90: "tau" (the threshold
     passes; n_iter matters there) or "output", with the tiles, warps and stages the library picks
     for a CUDA device. With fused_output the threshold launch is built as _forward builds it then,
     with one refinement pass whatever n_iter (`tau_passes`)."""
@@ -85,11 +90,18 @@ def forward_ptx(head_dim: int, n_iter: int, causal: bool = True, kernel: str = "
                                                 block_m=block_m, block_n=block_n, num_warps=num_warps,
                                                 num_stages=num_stages, fused_output=fused_output)
         max_registers = entmax_attention._tau_launch_max_registers(config, head_dim)
-    return _compile_ptx(kernel, constants, num_warps, num_stages, max_registers)
+    launch = entmax_attention._launch_options(kernel, head_dim)  # as _forward launches it
+    num_warps, num_stages = launch.get("num_warps", num_warps), launch.get("num_stages", num_stages)
+    return _compile(kernel, constants, num_warps, num_stages, max_registers)
 
 
 def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -> str:
-    """PTX of one of the backward's two kernels, "bwd_dq" or "bwd_dkdv" (bf16, alpha = 1.5, one
+    """PTX of `backward_kernel`."""
+    return backward_kernel(head_dim, kernel, causal).asm["ptx"]
+
+
+def backward_kernel(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True):
+    """One of the backward's two kernels compiled, "bwd_dq" or "bwd_dkdv" (bf16, alpha = 1.5, one
     query head per kv head), with the tiles, warps and stages the library picks for a CUDA device."""
     if kernel not in BACKWARD_KERNELS:
         raise ValueError(f"kernel must be one of {BACKWARD_KERNELS}, got {kernel!r}")
@@ -98,13 +110,13 @@ def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -
                      HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
     launch = entmax_attention._launch_options(kernel, head_dim)  # as _backward launches it
     num_warps, num_stages = launch.get("num_warps", num_warps), launch.get("num_stages", num_stages)
-    return _compile_ptx(kernel, constants, num_warps, num_stages)
+    return _compile(kernel, constants, num_warps, num_stages)
 
 
-def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int,
-                 max_registers: int | None = None) -> str:
+def _compile(kernel: str, constants: dict, num_warps: int, num_stages: int, max_registers: int | None = None):
     """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs (and ptxas's
-    register cap, if any) and return its PTX."""
+    register cap, if any): Triton's compiled kernel, whose .asm["ptx"] is the PTX and
+    .metadata.shared the shared memory one program takes."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
@@ -127,9 +139,8 @@ def _compile_ptx(kernel: str, constants: dict, num_warps: int, num_stages: int,
     options = dict(num_warps=num_warps, num_stages=num_stages)
     if max_registers is not None:
         options["maxnreg"] = max_registers
-    compiled = triton.compile(ASTSource(fn, signature, constants, attrs=attrs), target=GPUTarget("cuda", 90, 32),
-                              options=options)
-    return compiled.asm["ptx"]
+    return triton.compile(ASTSource(fn, signature, constants, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                          options=options)
 
 
 def tau_passes(n_iter: int, fused_output: bool) -> int:
@@ -211,6 +222,15 @@ def sass_loops(sass: str) -> list[dict]:
     return loops
 
 
+def _report_row(compiled, kernel: str, head_dim: int, n_iter: int | None, ptxas: str, loops: bool) -> dict:
+    """ptxas's report on one compiled launch, with its shared memory, printed as a table row."""
+    row = {"kernel": kernel, "head_dim": head_dim, "n_iter": n_iter, "shared": compiled.metadata.shared,
+           **ptxas_report(compiled.asm["ptx"], ptxas, loops=loops)}
+    print(f"| {kernel} | {head_dim} | {'-' if n_iter is None else n_iter} | {row['registers']} | "
+          f"{row['spill_stores']} | {row['c7515']} | {row['shared'] / 1024:.1f} |")
+    return row
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
@@ -223,25 +243,19 @@ def main(argv=None) -> list[dict]:
     if ptxas is None:
         parser.error("ptxas not found: put CUDA's bin/ on PATH or set PTXAS")
     rows = []
-    print("| kernel | head dim | n_iter | registers | spill stores (bytes) | C7515 (serialized wgmma) |")
-    print("|---|---|---|---|---|---|")
+    # Shared memory per program: a multiprocessor has 228 KiB, of which each program also takes 1 KiB.
+    print("| kernel | head dim | n_iter | registers | spill stores (bytes) | C7515 (serialized wgmma) | shared KiB |")
+    print("|---|---|---|---|---|---|---|")
     for kernel in FORWARD_KERNELS:
         for head_dim in args.head_dims:
             passes = sorted({tau_passes(n, args.fused_output) for n in args.n_iter})
             for n_iter in passes if kernel == "tau" else [None]:
-                ptx = forward_ptx(head_dim, n_iter or (entmax_attention.default_n_iter(1.5) if kernel == "output" else 0),
-                                  kernel=kernel, fused_output=args.fused_output)
-                row = {"kernel": kernel, "head_dim": head_dim, "n_iter": n_iter,
-                       **ptxas_report(ptx, ptxas, loops=args.loops)}
-                rows.append(row)
-                print(f"| {kernel} | {head_dim} | {'-' if n_iter is None else n_iter} | {row['registers']} | "
-                      f"{row['spill_stores']} | {row['c7515']} |")
+                compiled = forward_kernel(head_dim, n_iter or (entmax_attention.default_n_iter(1.5) if kernel == "output"
+                                                               else 0), kernel=kernel, fused_output=args.fused_output)
+                rows.append(_report_row(compiled, kernel, head_dim, n_iter, ptxas, args.loops))
     for kernel in BACKWARD_KERNELS if args.backward else ():
         for head_dim in args.head_dims:
-            row = {"kernel": kernel, "head_dim": head_dim, "n_iter": None,
-                   **ptxas_report(backward_ptx(head_dim, kernel), ptxas, loops=args.loops)}
-            rows.append(row)
-            print(f"| {kernel} | {head_dim} | - | {row['registers']} | {row['spill_stores']} | {row['c7515']} |")
+            rows.append(_report_row(backward_kernel(head_dim, kernel), kernel, head_dim, None, ptxas, args.loops))
     if args.loops:
         print("\n| kernel | head dim | n_iter | loop (instruction indices) | instructions | HGMMA | top opcodes |")
         print("|---|---|---|---|---|---|---|")

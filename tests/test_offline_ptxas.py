@@ -130,3 +130,16 @@ def test_fused_threshold_launch_is_built_with_its_register_cap():
         " offline_ptxas.entmax_attention._TAU_LAUNCH_MAX_REGISTERS)")[-2:]
     registers, spills, cap = (int(x) for x in numbers.split())
     assert marked == "True" and registers <= cap and spills == 0
+
+
+def test_backward_kernels_leave_room_for_two_programs_at_head_dim_128():
+    """At head dim 128 both backward kernels run with 2 stages (_launch_options): two programs of
+    each fit in a multiprocessor's 228 KiB of shared memory (1 KiB of it reserved per program).
+    With the common 3 stages the dQ kernel took 128 KiB, one program per multiprocessor."""
+    lines = _output_lines("from scripts import offline_ptxas\n"
+                          "for kernel in offline_ptxas.BACKWARD_KERNELS:\n"
+                          "    print(kernel, offline_ptxas.backward_kernel(128, kernel).metadata.shared)")
+    shared = dict(line.split() for line in lines[-2:])
+    assert set(shared) == {"bwd_dq", "bwd_dkdv"}
+    for kernel, size in shared.items():
+        assert 2 * (int(size) + 1024) <= 228 * 1024, (kernel, size)
