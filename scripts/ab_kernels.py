@@ -10,12 +10,24 @@ machine (clocks, heat) does not favour one. docs/benchmarks.md §1d was measured
     python -m scripts.ab_kernels --variants .cache/base . --rounds 2 --out runs/ab -- \\
         --seqlens 8192 32768 --head-dims 64 --regimes trained sparse
 
+`--tool kernel_times` runs `python -m scripts.kernel_times --methods ours <args>` instead and
+tables each kernel's GPU time, the mean over rounds, beside the first variant's, and what each
+variant's kernels compiled to (docs/benchmarks.md §1j was measured this way, by hand):
+
+    python -m scripts.ab_kernels --tool kernel_times --compile-first --variants .cache/ab/main \
+        .cache/ab/new --rounds 2 --out runs/ab -- --seqlens 4096 8192 32768 --regimes trained long
+
+`--compile-first` first runs every variant once, all at the same time, and discards the timings:
+compiling is CPU work and the GPU machine has many cores, so the Triton caches fill in the time of
+one variant instead of all of them (kernel_times: one warm-up and one profiled call per case).
+
 `--table-only` prints the table from the JSON files already in --out (also on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from collections import defaultdict
@@ -25,6 +37,8 @@ if __package__ in (None, ""):  # run as a file: make `scripts` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.bench_attention import read_json  # noqa: E402
+
+TOOLS = ("bench_attention", "kernel_times")
 
 
 def variant_name(folder: str) -> str:
@@ -40,15 +54,34 @@ def schedule(variants: list[str], rounds: int) -> list[tuple[int, str]]:
     return order
 
 
-def run(variants: list[str], rounds: int, out: Path, bench_args: list[str], timeout: float) -> None:
+def tool_command(tool: str, tool_args: list[str], json_path: Path | None) -> list[str]:
+    """The command one variant's process runs, inside that variant's folder."""
+    command = [sys.executable, "-m", f"scripts.{tool}", "--methods", "ours", *tool_args]
+    return command + (["--json", str(json_path)] if json_path is not None else [])
+
+
+def compile_first(variants: list[str], tool: str, tool_args: list[str], timeout: float) -> None:
+    """Every variant's process at once, timings discarded, to fill the Triton caches in parallel."""
+    quick = ["--calls", "1", "--warmup", "1"] if tool == "kernel_times" else []
+    print(f"== compiling {len(variants)} variants at once", flush=True)
+    processes = [subprocess.Popen(tool_command(tool, tool_args + quick, None), cwd=folder,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for folder in variants]
+    for folder, process in zip(variants, processes):
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            print(f"   {variant_name(folder)}: compiling cut at {timeout:.0f} s", flush=True)
+
+
+def run(variants: list[str], rounds: int, out: Path, tool_args: list[str], timeout: float,
+        tool: str = "bench_attention") -> None:
     out.mkdir(parents=True, exist_ok=True)
     for r, folder in schedule(variants, rounds):
         json_path = (out / f"{variant_name(folder)}_r{r}.json").resolve()
-        command = [sys.executable, "-m", "scripts.bench_attention", "--methods", "ours", *bench_args,
-                   "--json", str(json_path)]
         print(f"== round {r}: {variant_name(folder)}", flush=True)
         try:
-            subprocess.run(command, cwd=folder, timeout=timeout, check=False)
+            subprocess.run(tool_command(tool, tool_args, json_path), cwd=folder, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             print(f"   {variant_name(folder)} round {r}: cut at {timeout:.0f} s", flush=True)
 
@@ -82,6 +115,52 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def kernel_table(out: Path, variants: list[str] | None = None) -> str:
+    """From kernel_times JSON files: per case, each kernel's GPU ms per call (the mean over the
+    rounds) per variant, with the change against the first variant; then what each variant's
+    kernels compiled to. Variants in the given order, else by name."""
+    times = defaultdict(lambda: defaultdict(list))  # (case, variant) -> kernel -> ms per round
+    compiled = {}
+    for path in sorted(out.glob("*_r*.json")):
+        variant, _ = path.stem.rsplit("_r", 1)
+        saved = json.loads(path.read_text())
+        for case in saved["cases"]:
+            key = (case["n"], case["d"], str(case["regime"]), case["method"])
+            per_kernel = defaultdict(float)
+            for name, ms, _ in case["kernels"]:
+                per_kernel[name] += ms
+            per_kernel["all kernels"] = sum(ms for _, ms, _ in case["kernels"])
+            for name, ms in per_kernel.items():
+                times[key, variant][name].append(ms)
+        compiled.setdefault(variant, saved.get("compiled", []))
+    if not times:
+        raise ValueError(f"no kernel_times JSON files (<variant>_r<round>.json) in {out}")
+    names = variants or sorted({v for _, v in times})
+    lines = []
+    for key in sorted({k for k, _ in times}):
+        present = [v for v in names if (key, v) in times]
+        mean = {v: {k: sum(ms) / len(ms) for k, ms in times[key, v].items()} for v in present}
+        base = mean[present[0]]
+        kernels = sorted(set().union(*mean.values()), key=lambda k: (k == "all kernels", -base.get(k, 0.0)))
+        lines += [f"{key[3]} N={key[0]} D={key[1]} {key[2]} (ms per call, mean of rounds)", "",
+                  "| kernel | " + " | ".join(present) + " |", "|---" * (1 + len(present)) + "|"]
+        for kernel in kernels:
+            first = base.get(kernel, 0.0)
+            cells = [f"{first:.3f}"]
+            for v in present[1:]:
+                value = mean[v].get(kernel, 0.0)
+                change = f" ({(value / first - 1) * 100:+.0f} %)" if first > 0 else ""
+                cells.append(f"{value:.3f}{change}")
+            lines.append(f"| {kernel[:60]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    rows = [(v, c) for v in names for c in compiled.get(v, [])]
+    if rows:
+        lines += ["| variant | kernel | registers | spilled B | shared B | warps |", "|---|---|---|---|---|---|"]
+        lines += [f"| {v} | {c['kernel']} | {c['registers']} | {c['spills']} | {c['shared']} | {c['warps']} |"
+                  for v, c in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     bench_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -92,6 +171,10 @@ def main(argv=None) -> str:
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON files")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per process")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--tool", choices=TOOLS, default="bench_attention",
+                        help="what each process runs: whole-call times or per-kernel GPU times")
+    parser.add_argument("--compile-first", action="store_true",
+                        help="run every variant once at the same time first, timings discarded")
     args = parser.parse_args(own)
     if not args.table_only:
         if not args.variants:
@@ -104,8 +187,13 @@ def main(argv=None) -> str:
             parser.error(f"--variants: folder names must differ, got {names}")
         if args.rounds < 1:
             parser.error(f"--rounds must be at least 1, got {args.rounds}")
-        run(args.variants, args.rounds, args.out, bench_args, args.timeout)
-    result = table(args.out)
+        if args.compile_first:
+            compile_first(args.variants, args.tool, bench_args, args.timeout)
+        run(args.variants, args.rounds, args.out, bench_args, args.timeout, args.tool)
+    if args.tool == "kernel_times":
+        result = kernel_table(args.out, [variant_name(f) for f in args.variants] or None)
+    else:
+        result = table(args.out)
     print(result)
     return result
 
