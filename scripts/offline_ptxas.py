@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -155,23 +156,25 @@ def find_nvdisasm(ptxas: str) -> str | None:
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
-def _assemble(ptx: str, ptxas: str, cubin: Path) -> subprocess.CompletedProcess:
+def _assemble(ptx: str, ptxas: str, cubin: Path, lineinfo: bool = False) -> subprocess.CompletedProcess:
     path = cubin.with_suffix(".ptx")
     path.write_text(ptx)
-    return subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", str(path), "-o", str(cubin)],
-                          capture_output=True, text=True)
+    return subprocess.run([ptxas, "-v", *(["-lineinfo"] if lineinfo else []), "--gpu-name", "sm_90a", str(path),
+                           "-o", str(cubin)], capture_output=True, text=True)
 
 
 def ptxas_report(ptx: str, ptxas: str, loops: bool = False) -> dict:
     """Registers, spill-store bytes and whether C7515 was reported, from `ptxas -v`; with loops,
-    also "loops" (see `sass_loops`). A ptxas older than the PTX's `.version` gets the PTX
-    relabelled with the newest version it names (the instructions used here predate it)."""
+    also "loops" (see `sass_loops`; assembled with line information, which leaves the code as it
+    is). A ptxas older than the PTX's `.version` gets the PTX relabelled with the newest version it
+    names (the instructions used here predate it)."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
-        done = _assemble(ptx, ptxas, cubin)
+        done = _assemble(ptx, ptxas, cubin, lineinfo=loops)
         older = re.search(r"Unsupported \.version \S+; current version is '([\d.]+)'", done.stdout + done.stderr)
         if done.returncode != 0 and older:
-            done = _assemble(re.sub(r"\.version \d+\.\d+", f".version {older.group(1)}", ptx, count=1), ptxas, cubin)
+            done = _assemble(re.sub(r"\.version \d+\.\d+", f".version {older.group(1)}", ptx, count=1), ptxas, cubin,
+                             lineinfo=loops)
         log = done.stdout + done.stderr
         if done.returncode != 0:
             raise RuntimeError(f"ptxas failed:\n{log}")
@@ -184,7 +187,8 @@ def ptxas_report(ptx: str, ptxas: str, loops: bool = False) -> dict:
             nvdisasm = find_nvdisasm(ptxas)
             if nvdisasm is None:
                 raise RuntimeError("--loops needs nvdisasm (CUDA's bin/ or Triton's wheel)")
-            sass = subprocess.run([nvdisasm, "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
+            sass = subprocess.run([nvdisasm, "-c", "-g", str(cubin)], capture_output=True, text=True,
+                                  check=True).stdout
             report["loops"] = sass_loops(sass)
     return report
 
@@ -196,9 +200,16 @@ def sass_loops(sass: str) -> list[dict]:
     the outer one including the inner ones' instructions. A loop's count covers both sides of the
     branches inside it (a tile's mask, for instance, runs only on diagonal tiles). Branches after
     the last EXIT are not loops: ptxas puts the slow paths of divergent shuffles there, and they
-    jump back into the code above."""
-    labels, instructions = {}, []
+    jump back into the code above. With line information (`nvdisasm -g` of a cubin assembled with
+    `-lineinfo`) a loop also gets "sources": (file, line, instructions) for each source line, most
+    instructions first."""
+    labels, instructions, sources = {}, [], []
+    source = None
     for line in sass.splitlines():
+        location = re.search(r'//## File "([^"]+)", line (\d+)', line)
+        if location:  # `nvdisasm -g`: the source line of the instructions that follow
+            source = (location.group(1), int(location.group(2)))
+            continue
         label = re.match(r"\s*\.(L_x_\d+):", line)
         if label:
             labels[label.group(1)] = len(instructions)
@@ -206,6 +217,7 @@ def sass_loops(sass: str) -> list[dict]:
         instruction = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;", line)
         if instruction:
             instructions.append(instruction.group(1))
+            sources.append(source)
     exits = [i for i, text in enumerate(instructions) if text == "EXIT"]
     end = exits[-1] if exits else len(instructions)
     loops = []
@@ -217,9 +229,33 @@ def sass_loops(sass: str) -> list[dict]:
             for body_text in instructions[first:last + 1]:
                 opcode = re.sub(r"^@!?U?P\w+\s+", "", body_text).split()[0].split(".")[0]
                 opcodes[opcode] = opcodes.get(opcode, 0) + 1
-            loops.append({"first": first, "last": last, "instructions": last - first + 1,
-                          "opcodes": dict(sorted(opcodes.items(), key=lambda item: -item[1]))})
+            loop = {"first": first, "last": last, "instructions": last - first + 1,
+                    "opcodes": dict(sorted(opcodes.items(), key=lambda item: -item[1]))}
+            located = Counter(sources[i] for i in range(first, last + 1) if sources[i] is not None)
+            if located:
+                loop["sources"] = [(path, number, count) for (path, number), count in located.most_common()]
+            loops.append(loop)
     return loops
+
+
+def source_lines_report(rows: list[dict], k: int) -> str:
+    """Per loop of each row, the k source lines with the most of its instructions, with their text."""
+    texts = {}
+    out = []
+    for row in rows:
+        for loop in row["loops"]:
+            out.append(f"\n{row['kernel']} | head dim {row['head_dim']} | loop {loop['first']}-{loop['last']}, "
+                       f"{loop['instructions']} instructions:")
+            for path, number, count in loop.get("sources", [])[:k]:
+                if path not in texts:
+                    # Triton's cache may hand back PTX compiled from another checkout of the same
+                    # source (the cache key is the source): read the kernels' file of that name here.
+                    here = Path(entmax_attention.__file__).parent / Path(path).name
+                    found = next((c for c in (Path(path), here) if c.is_file()), None)
+                    texts[path] = found.read_text().splitlines() if found else []
+                text = texts[path][number - 1].strip() if number <= len(texts[path]) else ""
+                out.append(f"  {count:5d}  {Path(path).name}:{number}  {text[:100]}")
+    return "\n".join(out)
 
 
 def _report_row(compiled, kernel: str, head_dim: int, n_iter: int | None, ptxas: str, loops: bool) -> dict:
@@ -236,6 +272,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--n-iter", type=int, nargs="+", default=[entmax_attention.default_n_iter(1.5)])
     parser.add_argument("--loops", action="store_true", help="also count SASS instructions per loop")
+    parser.add_argument("--source-lines", type=int, default=0, metavar="K",
+                        help="with --loops, also the K source lines that take the most instructions of each loop")
     parser.add_argument("--fused-output", action="store_true", help="the launches as the fused final pass builds them")
     parser.add_argument("--backward", action="store_true", help="also the backward's dQ and dK/dV kernels")
     args = parser.parse_args(argv)
@@ -265,6 +303,8 @@ def main(argv=None) -> list[dict]:
                 print(f"| {row['kernel']} | {row['head_dim']} | {'-' if row['n_iter'] is None else row['n_iter']} | "
                       f"{loop['first']}-{loop['last']} | {loop['instructions']} | {loop['opcodes'].get('HGMMA', 0)} | "
                       f"{top} |")
+    if args.loops and args.source_lines > 0:
+        print(source_lines_report(rows, args.source_lines))
     return rows
 
 

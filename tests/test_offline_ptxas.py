@@ -5,6 +5,7 @@ the script in a subprocess without TRITON_INTERPRET."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,28 @@ def test_sass_loops_finds_backward_branches_only():
     loop = loops[0]
     assert (loop["first"], loop["last"], loop["instructions"]) == (1, 6, 6)
     assert loop["opcodes"] == {"FADD": 2, "BRA": 2, "HGMMA": 1, "ISETP": 1}
+    assert "sources" not in loop  # no line information in this listing
+
+
+def test_sass_loops_attribute_instructions_to_source_lines():
+    """With `nvdisasm -g` line information, a loop's instructions are counted per source line."""
+    sass = """
+        //## File "/src/k.py", line 7
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        .L_x_0:
+        //## File "/src/k.py", line 9
+        /*0010*/                   FADD R2, R2, R3 ;
+        /*0020*/                   FADD R2, R2, R4 ;
+        //## File "/src/t.py", line 3
+        /*0030*/                   FMNMX R5, R5, R2, !PT ;
+        //## File "/src/k.py", line 9
+        /*0040*/                   FADD R2, R2, R6 ;
+        /*0050*/               @P2 BRA `(.L_x_0) ;
+        /*0060*/                   EXIT ;
+    """
+    (loop,) = offline_ptxas.sass_loops(sass)
+    assert loop["instructions"] == 5
+    assert loop["sources"] == [("/src/k.py", 9, 4), ("/src/t.py", 3, 1)]
 
 
 @pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
@@ -88,7 +111,8 @@ def test_loops_report_counts_the_passes():
     """--loops: the threshold launch's dense pass and the output pass are loops with one QK^T
     (four 64x64x16 wgmma at D 64) and, in the output pass, two PV products more."""
     lines = _output_lines("import json\nfrom scripts import offline_ptxas\n"
-                          "tau, output = offline_ptxas.main(['--head-dims', '64', '--n-iter', '1', '--loops'])\n"
+                          "tau, output = offline_ptxas.main(['--head-dims', '64', '--n-iter', '1', '--loops',"
+                          " '--source-lines', '3'])\n"
                           "print(json.dumps(sorted(loop['opcodes'].get('HGMMA', 0) for loop in tau['loops'])))\n"
                           "print(json.dumps(sorted(loop['opcodes'].get('HGMMA', 0) for loop in output['loops'])))")
     tau_hgmma, output_hgmma = (json.loads(line) for line in lines[-2:])
@@ -98,6 +122,9 @@ def test_loops_report_counts_the_passes():
     assert output_hgmma.count(12) == 1 and set(output_hgmma) <= {0, 12}
     assert any(line.startswith("| tau | 64 | 1 | ") for line in lines)
     assert any("instructions | HGMMA" in line for line in lines)
+    # --source-lines: each loop's heaviest source lines, with their text, from the kernels' files
+    assert any(line.startswith("tau | head dim 64 | loop ") for line in lines)
+    assert any(re.match(r"\s+\d+  (entmax_attention|_tau)\.py:\d+  \S", line) for line in lines)
 
 
 @pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
