@@ -9,8 +9,8 @@ dense pass's sums that separates one pass from two.
     python docs/experiments/sim_seed_threshold.py --seqlens 8192 --regimes trained long sparse
 
 --seeds-near and --seed-solve try cheaper seed passes (docs/kernels.md, What remains): fewer seed
-tiles up to the diagonal, or the seed threshold taken as the lower end of the seed tiles' histogram
-bracket without their Halley pass.
+tiles up to the diagonal, the seed threshold taken as the lower end of the seed tiles' histogram
+bracket without their Halley pass, or two Halley passes from m - 1 without their histogram.
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ def seed_threshold(z: torch.Tensor, seeds: list[int], seed_solve: str = "halley"
     (seed_solve "bracket": the lower end of their histogram bracket, without that pass)."""
     zs = torch.cat([z[:, s * TILE:(s + 1) * TILE] for s in seeds], 1)
     seed_shift = zs.amax(1) - 1
+    if seed_solve == "halley2":  # no histogram: two Halley passes from the lower end m - 1
+        ys = zs - seed_shift[:, None]
+        t, lo, hi = torch.zeros_like(seed_shift), torch.zeros_like(seed_shift), torch.ones_like(seed_shift)
+        for _ in range(2):
+            t, lo, hi = halley(t, lo, hi, *sums(ys, t))
+        return seed_shift + lo
     lo, hi = bracket(zs - seed_shift[:, None])
     if seed_solve == "halley":
         _, lo, _ = halley(0.5 * (lo + hi), lo, hi, *sums(zs - seed_shift[:, None], 0.5 * (lo + hi)))
@@ -158,9 +164,10 @@ def main(argv=None) -> None:
     p = sim_arguments(__doc__.split("\n\n")[0])
     p.add_argument("--seeds-near", type=int, default=SEEDS_NEAR,
                    help="seed tiles up to the diagonal, besides the first tile (the kernel: 2)")
-    p.add_argument("--seed-solve", choices=("halley", "bracket"), default="halley",
-                   help="the seed threshold: after one Halley pass over the seed tiles (the kernel), or the "
-                        "lower end of their histogram bracket")
+    p.add_argument("--seed-solve", choices=("halley", "bracket", "halley2"), default="halley",
+                   help="the seed threshold: after one Halley pass over the seed tiles (the kernel), the "
+                        "lower end of their histogram bracket, or two Halley passes from m - 1 without the "
+                        "histogram")
     args = p.parse_args(argv)
     for n in args.seqlens:
         for regime in args.regimes:
