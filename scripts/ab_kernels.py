@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a file: make `scripts` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.bench_attention import read_json  # noqa: E402
+from scripts.kernel_times import case_label, side_by_side  # noqa: E402
 
 TOOLS = ("bench_attention", "kernel_times")
 
@@ -116,49 +117,48 @@ def table(out: Path) -> str:
 
 
 def kernel_table(out: Path, variants: list[str] | None = None) -> str:
-    """From kernel_times JSON files: per case, each kernel's GPU ms per call (the mean over the
-    rounds) per variant, with the change against the first variant; then what each variant's
-    kernels compiled to. Variants in the given order, else by name."""
-    times = defaultdict(lambda: defaultdict(list))  # (case, variant) -> kernel -> ms per round
+    """From kernel_times JSON files: each variant's rounds averaged into one run (every kernel's
+    GPU ms per call), tabled by kernel_times.side_by_side against the first variant; then what
+    each variant's kernels compiled to. Variants in the given order, else by name."""
+    rounds = defaultdict(list)  # variant -> the cases of each of its rounds
     compiled = {}
     for path in sorted(out.glob("*_r*.json")):
         variant, _ = path.stem.rsplit("_r", 1)
         saved = json.loads(path.read_text())
-        for case in saved["cases"]:
-            key = (case["n"], case["d"], str(case["regime"]), case["method"])
-            per_kernel = defaultdict(float)
-            for name, ms, _ in case["kernels"]:
-                per_kernel[name] += ms
-            per_kernel["all kernels"] = sum(ms for _, ms, _ in case["kernels"])
-            for name, ms in per_kernel.items():
-                times[key, variant][name].append(ms)
+        rounds[variant].append(saved["cases"])
         compiled.setdefault(variant, saved.get("compiled", []))
-    if not times:
+    if not rounds:
         raise ValueError(f"no kernel_times JSON files (<variant>_r<round>.json) in {out}")
-    names = variants or sorted({v for _, v in times})
-    lines = []
-    for key in sorted({k for k, _ in times}):
-        present = [v for v in names if (key, v) in times]
-        mean = {v: {k: sum(ms) / len(ms) for k, ms in times[key, v].items()} for v in present}
-        base = mean[present[0]]
-        kernels = sorted(set().union(*mean.values()), key=lambda k: (k == "all kernels", -base.get(k, 0.0)))
-        lines += [f"{key[3]} N={key[0]} D={key[1]} {key[2]} (ms per call, mean of rounds)", "",
-                  "| kernel | " + " | ".join(present) + " |", "|---" * (1 + len(present)) + "|"]
-        for kernel in kernels:
-            first = base.get(kernel, 0.0)
-            cells = [f"{first:.3f}"]
-            for v in present[1:]:
-                value = mean[v].get(kernel, 0.0)
-                change = f" ({(value / first - 1) * 100:+.0f} %)" if first > 0 else ""
-                cells.append(f"{value:.3f}{change}")
-            lines.append(f"| {kernel[:60]} | " + " | ".join(cells) + " |")
-        lines.append("")
-    rows = [(v, c) for v in names for c in compiled.get(v, [])]
+    names = [v for v in variants or sorted(rounds) if v in rounds]
+    runs = [(v, [_mean_case(same) for same in _same_cases(rounds[v])]) for v in names]
+    lines = ["GPU ms per call, mean over rounds", "", side_by_side(runs)]
+    rows = [(v, c) for v in names for c in compiled[v]]
     if rows:
         lines += ["| variant | kernel | registers | spilled B | shared B | warps |", "|---|---|---|---|---|---|"]
         lines += [f"| {v} | {c['kernel']} | {c['registers']} | {c['spills']} | {c['shared']} | {c['warps']} |"
                   for v, c in rows]
     return "\n".join(lines)
+
+
+def _same_cases(rounds: list[list[dict]]) -> list[list[dict]]:
+    """The cases of a variant grouped across its rounds, in the first round's order."""
+    groups = defaultdict(list)
+    for cases in rounds:
+        for case in cases:
+            groups[case_label(case)].append(case)
+    return list(groups.values())
+
+
+def _mean_case(same: list[dict]) -> dict:
+    """One case averaged over rounds: each kernel's ms per call (0 in a round without it)."""
+    total = defaultdict(float)
+    count = {}
+    for case in same:
+        for name, ms, launches in case["kernels"]:
+            total[name] += ms
+            count[name] = launches
+    kernels = sorted(((name, ms / len(same), count[name]) for name, ms in total.items()), key=lambda k: -k[1])
+    return {**same[0], "kernels": kernels, "total_ms": sum(ms for _, ms, _ in kernels)}
 
 
 def main(argv=None) -> str:
