@@ -14,7 +14,7 @@ than the PTX's `.version`, the PTX is relabelled with the version it accepts. do
 The registers depend on the Triton version. The GPU machine runs Triton 3.6; the same version
 installed aside (`pip install --target /tmp/t36 --no-deps triton==3.6.0`, then PYTHONPATH=/tmp/t36)
 reproduces its counts within a few registers, where the CPU machine's Triton 3.9 gives fewer
-(docs/kernels.md, "Ready experiments: the dK/dV kernel").
+(docs/kernels.md, What remains, "Offline analysis").
 
 `--loops` disassembles the cubin (nvdisasm, found next to ptxas or in Triton's wheel) and counts
 the machine instructions in every loop body, with the most frequent opcodes: the per-tile cost of
@@ -47,7 +47,7 @@ entmax_attention = sys.modules["kernels.entmax_attention"]  # the attribute `ker
 
 _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Obar": "*bf16", "TileReach": "*fp32",
                   "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8", "DO": "*bf16",
-                  "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "Delta": "*fp32", "TauDelta": "*fp32"}
+                  "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "TauDelta": "*fp32"}
 _INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged",
                  "KeyTileList", "KeyTileCount")
 _FLOAT_ARGS = ("scale", "z_scale", "power", "stop_residual", "straight_residual")
@@ -91,8 +91,6 @@ def forward_kernel(head_dim: int, n_iter: int, causal: bool = True, kernel: str 
                                                 block_m=block_m, block_n=block_n, num_warps=num_warps,
                                                 num_stages=num_stages, fused_output=fused_output)
         max_registers = entmax_attention._tau_launch_max_registers(config, head_dim)
-    launch = entmax_attention._launch_options(kernel, head_dim)  # as _forward launches it
-    num_warps, num_stages = launch.get("num_warps", num_warps), launch.get("num_stages", num_stages)
     return _compile(kernel, constants, num_warps, num_stages, max_registers)
 
 
@@ -109,15 +107,14 @@ def backward_kernel(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True
     block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
-    launch = entmax_attention._launch_options(kernel, head_dim)  # as _backward launches it
-    num_warps, num_stages = launch.get("num_warps", num_warps), launch.get("num_stages", num_stages)
     return _compile(kernel, constants, num_warps, num_stages)
 
 
 def _compile(kernel: str, constants: dict, num_warps: int, num_stages: int, max_registers: int | None = None):
-    """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs (and ptxas's
-    register cap, if any): Triton's compiled kernel, whose .asm["ptx"] is the PTX and
-    .metadata.shared the shared memory one program takes."""
+    """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs, the common warps
+    and stages overridden where the library's launch does (`_launch_options`), and ptxas's register
+    cap, if any: Triton's compiled kernel, whose .asm["ptx"] is the PTX and .metadata.shared the
+    shared memory one program takes."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
@@ -137,7 +134,8 @@ def _compile(kernel: str, constants: dict, num_warps: int, num_stages: int, max_
     constants = {name: value for name, value in constants.items() if name in fn.arg_names}
     # 16-byte aligned pointers, as torch allocates them: without this hint Triton does not pipeline.
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
-    options = dict(num_warps=num_warps, num_stages=num_stages)
+    options = {"num_warps": num_warps, "num_stages": num_stages,
+               **entmax_attention._launch_options(kernel, constants["HEAD_DIM"])}
     if max_registers is not None:
         options["maxnreg"] = max_registers
     return triton.compile(ASTSource(fn, signature, constants, attrs=attrs), target=GPUTarget("cuda", 90, 32),
