@@ -14,7 +14,7 @@ machine (clocks, heat) does not favour one. docs/benchmarks.md §1d was measured
 tables each kernel's GPU time, the mean over rounds, beside the first variant's, and what each
 variant's kernels compiled to (docs/benchmarks.md §1j was measured this way, by hand):
 
-    python -m scripts.ab_kernels --tool kernel_times --compile-first --variants .cache/ab/main \
+    python -m scripts.ab_kernels --tool kernel_times --compile-first --variants .cache/ab/main \\
         .cache/ab/new --rounds 2 --out runs/ab -- --seqlens 4096 8192 32768 --regimes trained long
 
 `--compile-first` first runs every variant once, all at the same time, and discards the timings:
