@@ -26,6 +26,8 @@ import triton.language as tl
 # Bisection steps used to solve the histogram approximation for general alpha; the segment they
 # search is one bin wide, so 20 halvings leave it about 6e-8 / (bins / 16) wide.
 _GENERAL_ALPHA_BISECTION_STEPS = tl.constexpr(20)
+# The smallest positive normal float32, 2^-126 (support_size).
+SMALLEST_NORMAL = tl.constexpr(2.0 ** -126)
 # Mass errors the early stop of the refinement allows after its last step: fp32 inputs, 16-bit ones.
 _STOP_MASS_ERROR = {False: 1e-6, True: 1e-4}
 # Above this residual Halley's own (cubic) error could matter too, not only the support change
@@ -91,18 +93,41 @@ def gradient_weight(u, power, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def power_sums(u, power, ALPHA_MODE: tl.constexpr):
+def support_size(u):
+    """Per-row count of the positive entries of u = [y - t]_+, as a float: the support's size.
+
+    min(u, 2^-126) is 2^-126 (the smallest normal float) for every positive normal u and 0 for
+    u = 0, so its row sum, an exact multiple of 2^-126, times 2^126 is the count. That is a min and
+    an add per entry, where a compare, a select and an add cost three (docs/kernels.md, "Counting
+    the support"). A subnormal u (within 1.2e-38 of the threshold) counts as a fraction of one;
+    it adds nothing to the mass either way."""
+    return tl.sum(tl.minimum(u, SMALLEST_NORMAL), axis=1) * (1.0 / SMALLEST_NORMAL)
+
+
+@triton.jit
+def _support_count(u, support):
+    if support is None:
+        count = support_size(u)
+    else:
+        count = tl.sum(support, axis=1)
+    return count
+
+
+@triton.jit
+def power_sums(u, power, ALPHA_MODE: tl.constexpr, support=None):
     """Per-row mass(t) = sum u^power and its first two derivatives in t, for u = [y - t]_+.
 
     mass' = -power * sum u^(power - 1) and mass'' = power * (power - 1) * sum u^(power - 2).
+    A caller that needs the indicator of u > 0 anyway passes it as `support` (as floats), and its
+    row sums count the support; otherwise support_size does.
     """
     if ALPHA_MODE == 1:
         mass = tl.sum(u * u, axis=1)
         slope = -2.0 * tl.sum(u, axis=1)
-        curvature = 2.0 * tl.sum(tl.where(u > 0, 1.0, 0.0), axis=1)
+        curvature = 2.0 * _support_count(u, support)
     elif ALPHA_MODE == 2:
         mass = tl.sum(u, axis=1)
-        slope = -tl.sum(tl.where(u > 0, 1.0, 0.0), axis=1)
+        slope = -_support_count(u, support)
         curvature = tl.zeros_like(mass)
     else:
         # One log2 and one exp2 per element: u^(power-2), then multiply up by u twice.

@@ -212,6 +212,33 @@ def test_histogram_counts_each_entry_in_its_bin(gen):
     assert torch.equal(counts.cpu().long(), expected)
 
 
+@triton.jit
+def _support_size_kernel(Y, Shift, Sizes, n_cols, BLOCK_C: tl.constexpr):
+    rows = tl.arange(0, 16)
+    cols = tl.arange(0, BLOCK_C)
+    y = tl.load(Y + rows[:, None] * n_cols + cols[None, :], mask=cols[None, :] < n_cols, other=float("-inf"))
+    u = tl.maximum(y - tl.load(Shift + rows)[:, None], 0.0)
+    tl.store(Sizes + rows, _tau.support_size(u))
+
+
+def test_support_size_counts_the_positive_entries(gen):
+    """support_size (a min with the smallest normal float and a sum) counts what u > 0 counts,
+    across magnitudes, with -inf (masked) entries, entries exactly at the threshold and whole rows
+    in or out of the support."""
+    y = torch.randn(16, 100, generator=gen) * 10.0 ** torch.randint(-30, 30, (16, 1), generator=gen)
+    shift = y.median(dim=1).values
+    y[0, :4] = torch.tensor([float("-inf"), 1e-30, -1e-30, 3e38])
+    shift[0] = 0.0
+    y[1] = shift[1]  # every entry at the threshold: u = 0, an empty support
+    shift[2] = float("-inf")  # every entry in the support
+    y[3, :50] = float("-inf")
+    sizes = torch.full((16,), float("nan"), device=DEVICE)
+    _support_size_kernel[(1,)](y.to(DEVICE).contiguous(), shift.to(DEVICE).contiguous(), sizes, 100, BLOCK_C=128)
+    expected = (y - shift[:, None]).clamp_min(0).gt(0).sum(dim=1).float()
+    assert expected[1] == 0 and expected[2] == 100
+    assert torch.equal(sizes.cpu(), expected)
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
 def test_entmax_near_uniform_rows_sum_to_one(alpha):
     x = (torch.randn(2, 4000, generator=torch.Generator().manual_seed(1)) * 1e-3).to(DEVICE)
