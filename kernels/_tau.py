@@ -86,22 +86,27 @@ def gradient_weight(u, power, ALPHA_MODE: tl.constexpr):
     if ALPHA_MODE == 1:
         g = u
     elif ALPHA_MODE == 2:
-        g = tl.where(u > 0, 1.0, 0.0)
+        g = support_indicator(u)
     else:
         g = _pow_positive(u, power - 1.0)
     return g
 
 
 @triton.jit
-def support_size(u):
-    """Per-row count of the positive entries of u = [y - t]_+, as a float: the support's size.
+def support_indicator(u):
+    """1 where u = [y - t]_+ is positive, 0 where it is zero, as floats, in one instruction.
 
-    min(u, 2^-126) is 2^-126 (the smallest normal float) for every positive normal u and 0 for
-    u = 0, so its row sum, an exact multiple of 2^-126, times 2^126 is the count. That is a min and
-    an add per entry, where a compare, a select and an add cost three (docs/kernels.md, "Counting
-    the support"). A subnormal u (within 1.2e-38 of the threshold) counts as a fraction of one;
-    it adds nothing to the mass either way."""
-    return tl.sum(tl.minimum(u, SMALLEST_NORMAL), axis=1) * (1.0 / SMALLEST_NORMAL)
+    u * 2^126 is at least 1 for every positive normal u, and ptxas folds the clamp to [0, 1] into
+    the multiply (FMUL.SAT), where a compare and a select take two instructions per score
+    (docs/kernels.md, "Counting the support"). A subnormal u (within 1.2e-38 of the threshold)
+    gives a fraction; it adds nothing to the mass either way."""
+    return tl.clamp(u * (1.0 / SMALLEST_NORMAL), 0.0, 1.0)
+
+
+@triton.jit
+def support_size(u):
+    """Per-row count of the positive entries of u = [y - t]_+, as a float: the support's size."""
+    return tl.sum(support_indicator(u), axis=1)
 
 
 @triton.jit

@@ -631,7 +631,7 @@ def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_fi
         tl.atomic_max(TileGap_row + i + tl.zeros([BLOCK_M], dtype=tl.int32), _encode_gap(tl.max(gap, axis=1)),
                       sem="relaxed", scope="cta")
         u = tl.maximum(gap, 0.0)
-        support = tl.where(u > 0, 1.0, 0.0)  # for sum_S v; its row sums count the support too
+        support = _tau.support_indicator(u)  # for sum_S v; its row sums count the support too
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE, support)
         mass += tile_mass
         slope += tile_slope

@@ -213,18 +213,19 @@ def test_histogram_counts_each_entry_in_its_bin(gen):
 
 
 @triton.jit
-def _support_size_kernel(Y, Shift, Sizes, n_cols, BLOCK_C: tl.constexpr):
+def _support_kernel(Y, Shift, Indicator, Sizes, n_cols, BLOCK_C: tl.constexpr):
     rows = tl.arange(0, 16)
     cols = tl.arange(0, BLOCK_C)
     y = tl.load(Y + rows[:, None] * n_cols + cols[None, :], mask=cols[None, :] < n_cols, other=float("-inf"))
     u = tl.maximum(y - tl.load(Shift + rows)[:, None], 0.0)
+    tl.store(Indicator + rows[:, None] * BLOCK_C + cols[None, :], _tau.support_indicator(u))
     tl.store(Sizes + rows, _tau.support_size(u))
 
 
-def test_support_size_counts_the_positive_entries(gen):
-    """support_size (a min with the smallest normal float and a sum) counts what u > 0 counts,
-    across magnitudes, with -inf (masked) entries, entries exactly at the threshold and whole rows
-    in or out of the support."""
+def test_support_indicator_and_size_count_the_positive_entries(gen):
+    """support_indicator (a saturated multiply) is u > 0 and support_size counts it, across
+    magnitudes, with -inf (masked) entries, entries exactly at the threshold and whole rows in or
+    out of the support."""
     y = torch.randn(16, 100, generator=gen) * 10.0 ** torch.randint(-30, 30, (16, 1), generator=gen)
     shift = y.median(dim=1).values
     y[0, :4] = torch.tensor([float("-inf"), 1e-30, -1e-30, 3e38])
@@ -233,10 +234,14 @@ def test_support_size_counts_the_positive_entries(gen):
     shift[2] = float("-inf")  # every entry in the support
     y[3, :50] = float("-inf")
     sizes = torch.full((16,), float("nan"), device=DEVICE)
-    _support_size_kernel[(1,)](y.to(DEVICE).contiguous(), shift.to(DEVICE).contiguous(), sizes, 100, BLOCK_C=128)
-    expected = (y - shift[:, None]).clamp_min(0).gt(0).sum(dim=1).float()
-    assert expected[1] == 0 and expected[2] == 100
-    assert torch.equal(sizes.cpu(), expected)
+    indicator = torch.full((16, 128), float("nan"), device=DEVICE)
+    _support_kernel[(1,)](y.to(DEVICE).contiguous(), shift.to(DEVICE).contiguous(), indicator, sizes, 100,
+                          BLOCK_C=128)
+    positive = (y - shift[:, None]).clamp_min(0).gt(0)
+    assert positive[1].sum() == 0 and positive[2].sum() == 100
+    assert torch.equal(indicator.cpu()[:, :100], positive.float())
+    assert torch.equal(indicator.cpu()[:, 100:], torch.zeros(16, 28))  # masked columns: u = 0
+    assert torch.equal(sizes.cpu(), positive.sum(dim=1).float())
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
