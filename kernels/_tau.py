@@ -110,29 +110,18 @@ def support_size(u):
 
 
 @triton.jit
-def _support_count(u, support):
-    if support is None:
-        count = support_size(u)
-    else:
-        count = tl.sum(support, axis=1)
-    return count
-
-
-@triton.jit
-def power_sums(u, power, ALPHA_MODE: tl.constexpr, support=None):
+def power_sums(u, power, ALPHA_MODE: tl.constexpr):
     """Per-row mass(t) = sum u^power and its first two derivatives in t, for u = [y - t]_+.
 
     mass' = -power * sum u^(power - 1) and mass'' = power * (power - 1) * sum u^(power - 2).
-    A caller that needs the indicator of u > 0 anyway passes it as `support` (as floats), and its
-    row sums count the support; otherwise support_size does.
     """
     if ALPHA_MODE == 1:
         mass = tl.sum(u * u, axis=1)
         slope = -2.0 * tl.sum(u, axis=1)
-        curvature = 2.0 * _support_count(u, support)
+        curvature = 2.0 * support_size(u)
     elif ALPHA_MODE == 2:
         mass = tl.sum(u, axis=1)
-        slope = -_support_count(u, support)
+        slope = -support_size(u)
         curvature = tl.zeros_like(mass)
     else:
         # One log2 and one exp2 per element: u^(power-2), then multiply up by u twice.

@@ -631,8 +631,7 @@ def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_fi
         tl.atomic_max(TileGap_row + i + tl.zeros([BLOCK_M], dtype=tl.int32), _encode_gap(tl.max(gap, axis=1)),
                       sem="relaxed", scope="cta")
         u = tl.maximum(gap, 0.0)
-        support = _tau.support_indicator(u)  # for sum_S v; its row sums count the support too
-        tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE, support)
+        tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
         slope += tile_slope
         curvature += tile_curvature
@@ -640,7 +639,7 @@ def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_fi
         if ALPHA_MODE == 1:
             acc_u2 = _dot((u * u).to(v.dtype), v, acc_u2, DOT_PRECISION)
         acc_u = _dot(u.to(v.dtype), v, acc_u, DOT_PRECISION)
-        acc_support = _dot(support.to(v.dtype), v, acc_support, DOT_PRECISION)
+        acc_support = _dot(_tau.support_indicator(u).to(v.dtype), v, acc_support, DOT_PRECISION)
     return mass, slope, curvature, acc_u2, acc_u, acc_support
 
 
