@@ -26,7 +26,7 @@ import triton.language as tl
 # Bisection steps used to solve the histogram approximation for general alpha; the segment they
 # search is one bin wide, so 20 halvings leave it about 6e-8 / (bins / 16) wide.
 _GENERAL_ALPHA_BISECTION_STEPS = tl.constexpr(20)
-# The smallest positive normal float32, 2^-126 (support_size).
+# The smallest positive normal float32, 2^-126 (support_indicator).
 SMALLEST_NORMAL = tl.constexpr(2.0 ** -126)
 # Mass errors the early stop of the refinement allows after its last step: fp32 inputs, 16-bit ones.
 _STOP_MASS_ERROR = {False: 1e-6, True: 1e-4}
