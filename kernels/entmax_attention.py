@@ -56,11 +56,11 @@ NUM_BINS = 8
 SEED_STRAIGHT_RESIDUAL = 0.5
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
-# Register cap (ptxas's maxnreg) of the threshold launch where it was measured: head dim 64 with
-# the seed start and the fused final pass, 64 x 64 tiles, 4 warps. A multiprocessor holds 64 Ki
-# registers; uncapped the launch takes 162 per thread (Triton 3.6), three 4-warp programs per
-# multiprocessor; at 128 four fit, without spills. H200 A/B: that launch -7 % at 8k, -10 % at
-# 32k, unchanged at 4k. The same kind of cap on the output launch (168) and the dK/dV kernel (168)
+# Register cap (ptxas's maxnreg) of the threshold launch where it applies (_tau_launch_options).
+# Measured at head dim 64 with the seed start and the fused final pass, 64 x 64 tiles, 4 warps. A
+# multiprocessor holds 64 Ki registers; uncapped the launch takes 162 per thread (Triton 3.6),
+# three 4-warp programs per multiprocessor; at 128 four fit, without spills. H200 A/B: that
+# launch -7 % at 8k, -10 % at 32k, unchanged at 4k. The same kind of cap on the output launch (168) and the dK/dV kernel (168)
 # spilled and was slower, on the dQ kernel (128) it changed nothing (docs/kernels.md, "Register
 # caps").
 _TAU_LAUNCH_MAX_REGISTERS = 128
@@ -1051,11 +1051,21 @@ def require_runnable_device(device: torch.device, caller: str) -> None:
     )
 
 
-def _tau_launch_max_registers(config: _LaunchConfig, head_dim: int) -> int | None:
-    """The threshold launch's register cap in the one configuration it was measured in, else None."""
-    measured = (head_dim == 64 and config.fused_output and _starts_from_seeds(config.alpha)
-                and (config.block_m, config.block_n, config.num_warps) == (64, 64, 4))
-    return _TAU_LAUNCH_MAX_REGISTERS if measured else None
+def _tau_launch_options(config: _LaunchConfig, head_dim: int) -> dict:
+    """The threshold launch's register cap (ptxas's maxnreg) and stages where they apply, else {}.
+
+    Both are for alpha = 1.5 with the seed start and 64 x 64 tiles with 4 warps, where four
+    programs per multiprocessor fit under the cap: at head dim 64 with the fused final pass
+    (measured, H200), and at head dim 128, whose launch runs every refinement pass, with 2 stages
+    so that four programs also fit in shared memory (49 KiB each instead of 64; branch
+    exp/tau-d128-cap, measured offline only: ptxas spills 40 bytes there, outside the loops)."""
+    seeded_tiles = (_starts_from_seeds(config.alpha)
+                    and (config.block_m, config.block_n, config.num_warps) == (64, 64, 4))
+    if seeded_tiles and head_dim == 64 and config.fused_output:
+        return {"maxnreg": _TAU_LAUNCH_MAX_REGISTERS}
+    if seeded_tiles and head_dim == 128 and not config.fused_output:
+        return {"maxnreg": _TAU_LAUNCH_MAX_REGISTERS, "num_stages": 2}
+    return {}
 
 
 def _default_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, int]:
@@ -1240,13 +1250,12 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
                   num_warps=config.num_warps, num_stages=config.num_stages)
     stop_residual = _tau.stop_residual(config.alpha, q.dtype != torch.float32)
     n_rows_total = batch * heads * seq_len
-    max_registers = _tau_launch_max_registers(config, head_dim)
-    tau_cap = {} if max_registers is None or is_interpreting() else {"maxnreg": max_registers}
+    tau_options = {} if is_interpreting() else _tau_launch_options(config, head_dim)
     _entmax_attention_tau_kernel[grid](
         q, k, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state, converged,
         config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
         NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter,
-        SEED_START=_starts_from_seeds(config.alpha), **{**common, **_launch_options("tau", head_dim)}, **tau_cap)
+        SEED_START=_starts_from_seeds(config.alpha), **{**common, **_launch_options("tau", head_dim), **tau_options})
     _entmax_attention_output_kernel[grid](
         q, k, v, out, obar, doc_ids, tile_reach, tile_list, tile_mask, nonzero_count, tau, state, converged, tile_gap,
         config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,

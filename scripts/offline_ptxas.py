@@ -85,13 +85,13 @@ def forward_kernel(head_dim: int, n_iter: int, causal: bool = True, kernel: str 
                      FUSED_OUTPUT=fused_output, SEED_START=entmax_attention._starts_from_seeds(1.5),
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
                      DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
-    max_registers = None
-    if kernel == "tau":  # the register cap _forward gives this launch, where it gives one
+    options = {}
+    if kernel == "tau":  # the register cap and stages _forward gives this launch, where it gives them
         config = entmax_attention._LaunchConfig(alpha=1.5, causal=causal, scale=head_dim ** -0.5, n_iter=n_iter,
                                                 block_m=block_m, block_n=block_n, num_warps=num_warps,
                                                 num_stages=num_stages, fused_output=fused_output)
-        max_registers = entmax_attention._tau_launch_max_registers(config, head_dim)
-    return _compile(kernel, constants, num_warps, num_stages, max_registers)
+        options = entmax_attention._tau_launch_options(config, head_dim)
+    return _compile(kernel, constants, num_warps, options.get("num_stages", num_stages), options.get("maxnreg"))
 
 
 def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -> str:

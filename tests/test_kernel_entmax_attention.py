@@ -317,24 +317,31 @@ def test_seed_start_tied_keys_sum_to_one(gen, block):
     assert (out.double() - 1).abs().max().item() <= 1e-5
 
 
-def test_threshold_launch_register_cap_only_where_measured():
-    """The threshold launch's register cap (four programs per multiprocessor) applies only in the
-    configuration the H200 measured: head dim 64, alpha 1.5 (seed start), fused final pass, 64 x 64
-    tiles, 4 warps."""
-    def cap(alpha=1.5, head_dim=64, fused_output=True, block=64, num_warps=4):
+def test_threshold_launch_register_cap_only_where_it_applies():
+    """The threshold launch's register cap (four programs per multiprocessor) applies only with
+    alpha 1.5 (seed start), 64 x 64 tiles and 4 warps: at head dim 64 with the fused final pass,
+    and at head dim 128 (plain passes) together with 2 stages, so that four programs also fit in
+    shared memory."""
+    def options(alpha=1.5, head_dim=64, fused_output=True, block=64, num_warps=4):
         config = attention_module._LaunchConfig(alpha=alpha, causal=True, scale=0.125, n_iter=4, block_m=block,
                                                 block_n=block, num_warps=num_warps, num_stages=3,
                                                 fused_output=fused_output)
-        return attention_module._tau_launch_max_registers(config, head_dim)
+        return attention_module._tau_launch_options(config, head_dim)
 
-    assert cap() == attention_module._TAU_LAUNCH_MAX_REGISTERS == 128
-    assert cap(head_dim=128) is None
-    assert cap(head_dim=32) is None
-    assert cap(alpha=2.0) is None
-    assert cap(alpha=1.25, fused_output=False) is None
-    assert cap(fused_output=False) is None
-    assert cap(block=32) is None
-    assert cap(num_warps=8) is None
+    cap = attention_module._TAU_LAUNCH_MAX_REGISTERS
+    assert cap == 128
+    assert options() == {"maxnreg": cap}
+    assert options(head_dim=128, fused_output=False) == {"maxnreg": cap, "num_stages": 2}
+    assert options(head_dim=128) == {}
+    assert options(head_dim=32) == {}
+    assert options(head_dim=32, fused_output=False) == {}
+    assert options(alpha=2.0) == {}
+    assert options(alpha=2.0, head_dim=128, fused_output=False) == {}
+    assert options(alpha=1.25, fused_output=False) == {}
+    assert options(fused_output=False) == {}
+    assert options(block=32) == {}
+    assert options(head_dim=128, fused_output=False, block=32) == {}
+    assert options(num_warps=8) == {}
 
 
 def test_document_ids_beyond_int32(gen):

@@ -170,3 +170,19 @@ def test_backward_kernels_leave_room_for_two_programs_at_head_dim_128():
     assert set(shared) == {"bwd_dq", "bwd_dkdv"}
     for kernel, size in shared.items():
         assert 2 * (int(size) + 1024) <= 228 * 1024, (kernel, size)
+
+
+@pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
+def test_threshold_launch_at_head_dim_128_fits_four_programs():
+    """At head dim 128 (alpha 1.5, plain passes) the threshold launch carries the register cap and
+    runs 2 stages (_tau_launch_options): four programs fit a multiprocessor both in registers (64
+    Ki, 128 per thread of 4 warps) and in shared memory (228 KiB, 1 KiB of it reserved per
+    program). With the common 3 stages one program took 64 KiB, three per multiprocessor."""
+    lines = _output_lines(
+        "from scripts import offline_ptxas\n"
+        "compiled = offline_ptxas.forward_kernel(128, 4, kernel='tau')\n"
+        "report = offline_ptxas.ptxas_report(compiled.asm['ptx'], offline_ptxas.find_ptxas())\n"
+        "print('.maxnreg' in compiled.asm['ptx'], report['registers'], compiled.metadata.shared)")
+    marked, registers, shared = lines[-1].split()
+    assert marked == "True" and int(registers) <= 128
+    assert 4 * (int(shared) + 1024) <= 228 * 1024, shared
