@@ -60,9 +60,9 @@ _COMPACTION_CHUNK = 128
 # Measured at head dim 64 with the seed start and the fused final pass, 64 x 64 tiles, 4 warps. A
 # multiprocessor holds 64 Ki registers; uncapped the launch takes 162 per thread (Triton 3.6),
 # three 4-warp programs per multiprocessor; at 128 four fit, without spills. H200 A/B: that
-# launch -7 % at 8k, -10 % at 32k, unchanged at 4k. The same kind of cap on the output launch (168) and the dK/dV kernel (168)
-# spilled and was slower, on the dQ kernel (128) it changed nothing (docs/kernels.md, "Register
-# caps").
+# launch -7 % at 8k, -10 % at 32k, unchanged at 4k. The same kind of cap on the output launch
+# (168) and the dK/dV kernel (168) spilled and was slower, on the dQ kernel (128) it changed
+# nothing (docs/kernels.md, "Register caps").
 _TAU_LAUNCH_MAX_REGISTERS = 128
 # Launch options that differ from the common ones (_default_tiles), per kernel and head dim. At
 # head dim 128 the dK/dV kernel's two [64, 128] fp32 accumulators alone take 128 registers per
