@@ -431,10 +431,11 @@ def _drop_zero_tiles(TileList_row, TileReach_row, n_list, tau_lower_bound, gap_r
 
 
 @triton.jit
-def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.constexpr, CHUNK: tl.constexpr):
+def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.constexpr, CHUNK: tl.constexpr,
+                 SLOT_OFFSET: tl.constexpr = 1.0):
     """Keep (in place, in order) the listed tiles whose value reaches threshold (BY_SLOT: exceeds
     it); return how many. The value is read per tile id (Values_row[kt]: the tiles' reach, _tile_gap) or, BY_SLOT, per list slot
-    (the gaps _final_pass encoded, _encode_gap: int32 bits of max(gap + 1, 0))."""
+    (what _record_slot_max stored: int32 bits of max(value + SLOT_OFFSET, 0), _encode_gap)."""
     n_kept = 0
     for chunk_begin in range(0, n_list, CHUNK):
         slots = chunk_begin + tl.arange(0, CHUNK)
@@ -443,7 +444,7 @@ def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.conste
         if BY_SLOT:
             # .cg: the atomics went to L2; a line another program brought into L1 may be stale
             encoded = tl.load(Values_row + slots, mask=in_list, other=0, cache_modifier=".cg")
-            value = encoded.to(tl.float32, bitcast=True) - 1.0
+            value = encoded.to(tl.float32, bitcast=True) - SLOT_OFFSET
         else:
             value = tl.load(Values_row + kts, mask=in_list, other=float("-inf"))
         if BY_SLOT:
@@ -506,15 +507,21 @@ def _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, do
 
 @triton.jit
 def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau, TileList_row,
-                 n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                 TileGap_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """sum_j p_ij v_j and the backward's weighted mean value (see _store_outputs) at the final tau;
-    keeps (in place) the listed tiles that hold a non-zero probability and returns their count."""
+    keeps (in place) the listed tiles that hold a non-zero probability and returns their count.
+
+    A tile is non-zero where some row's sum of g is positive (g = p^(2 - alpha) > 0 exactly where
+    p > 0, short of underflow, where p is zero too). Each row's sum goes to the tile's slot in
+    TileGap_row (_record_slot_max) and the list is filtered after the loop, so the loop has no
+    reduction across warps."""
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     acc_g = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     g_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    n_nonzero = 0
+    _zero_slots(TileGap_row, n_list, BLOCK_M)
+    tl.debug_barrier()  # every slot is zero before any thread's atomic max reaches it
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
         raw, cols = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
@@ -525,10 +532,11 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_f
         v = _load_rows(V_head, cols, N, HEAD_DIM)
         acc = _dot(p.to(v.dtype), v, acc, DOT_PRECISION)
         acc_g = _dot(g.to(v.dtype), v, acc_g, DOT_PRECISION)
-        g_sum += tl.sum(g, axis=1)
-        nonzero = tl.max(tl.max(u, axis=1), axis=0) > 0
-        tl.store(TileList_row + n_nonzero, kt, mask=nonzero)
-        n_nonzero += nonzero.to(tl.int32)
+        row_g = tl.sum(g, axis=1)
+        g_sum += row_g
+        _record_slot_max(TileGap_row, i, row_g, 0.0)
+    tl.debug_barrier()  # the slots were written by whichever thread held the row
+    n_nonzero = _filter_list(TileList_row, TileGap_row, n_list, 0.0, True, CHUNK, 0.0)
     return acc, acc_g, g_sum, n_nonzero
 
 
@@ -581,11 +589,23 @@ def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
 
 
 @triton.jit
-def _encode_gap(gap):
-    """max(gap + 1, 0) as int32 bits: non-negative floats order as their bits do, so an integer
-    atomic max keeps the largest. Gaps below -1 all encode as 0; _keep_nonzero_tiles compares with
-    steps far smaller than 1, so it never needs them apart."""
-    return tl.maximum(gap + 1.0, 0.0).to(tl.int32, bitcast=True)
+def _encode_gap(gap, OFFSET: tl.constexpr):
+    """max(gap + OFFSET, 0) as int32 bits: non-negative floats order as their bits do, so an integer
+    atomic max keeps the largest. With OFFSET 1, gaps below -1 all encode as 0; _keep_nonzero_tiles
+    compares with steps far smaller than 1, so it never needs them apart. With OFFSET 0 a positive
+    value keeps every bit: encoded > 0 exactly where the value is."""
+    return tl.maximum(gap + OFFSET, 0.0).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _record_slot_max(Slots_row, slot, row_values, OFFSET: tl.constexpr):
+    """Slots_row[slot] = max over the rows of row_values (encoded, _encode_gap), as one relaxed
+    atomic max per row: the rows live in different warps, and a plain maximum across them would
+    cost a round trip through shared memory and two barriers in every tile of the caller's loop.
+    The slots must be zero before (_zero_slots) and are read after a barrier, from L2
+    (_filter_list)."""
+    tl.atomic_max(Slots_row + slot + tl.zeros_like(row_values).to(tl.int32), _encode_gap(row_values, OFFSET),
+                  sem="relaxed", scope="cta")
 
 
 @triton.jit
@@ -628,8 +648,7 @@ def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_fi
         raw, cols = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
                                  CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
         gap = raw * z_scale - threshold[:, None]
-        tl.atomic_max(TileGap_row + i + tl.zeros([BLOCK_M], dtype=tl.int32), _encode_gap(tl.max(gap, axis=1)),
-                      sem="relaxed", scope="cta")
+        _record_slot_max(TileGap_row, i, tl.max(gap, axis=1), 1.0)
         u = tl.maximum(gap, 0.0)
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
@@ -856,8 +875,9 @@ def _entmax_attention_output_kernel(
     n_nonzero = n_list
     if stored == 0:
         out, g_values, g_sum, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row,
-                                                       doc_q_first, doc_q_last, tau, TileList_row, n_list, N, z_scale,
-                                                       power, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
+                                                       doc_q_first, doc_q_last, tau, TileList_row,
+                                                       TileGap + table_row * n_k_tiles, n_list, N, z_scale, power,
+                                                       CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, CHUNK,
                                                        DOT_PRECISION)
         _store_outputs(Out + head_offset, Obar + head_offset, rows, N, out, g_values, g_sum, HEAD_DIM)
     _mark_tiles(TileList_row, TileMask + table_row * n_k_tiles, n_nonzero, CHUNK)
@@ -1241,8 +1261,11 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         state = torch.empty((5, batch * heads, seq_len), device=device, dtype=torch.float32)
         converged = torch.empty(table[:2], device=device, dtype=torch.int32)
         tile_gap = torch.empty(table, device=device, dtype=torch.int32)
-    else:  # never read, but pointer arguments must point at memory
-        state, converged, tile_gap = tau, nonzero_count, tile_reach
+    else:  # state and converged are never read, but pointer arguments must point at memory
+        state, converged = tau, nonzero_count
+        # The output pass's per-slot scratch (_output_pass). The tile reach is no longer needed once
+        # the threshold launch is done, and the launches run in order on one stream.
+        tile_gap = tile_reach.view(torch.int32)
     grid = (batch * heads, n_q_tiles)
     common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m,
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
