@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from scripts.bench_attention import make_qk  # noqa: E402
-from sim_seed_threshold import SEEDS_NEAR, STOP, TILE, halley, seed_threshold, sim_arguments, start_from_sums, sums  # noqa: E402
+from sim_seed_threshold import (SEEDS_NEAR, STOP, TILE, halley, run_simulation, seed_threshold,  # noqa: E402
+                                start_from_sums, sums)
 
 
 def simulate(n: int, d: int, regime: str, heads: int, stride: int, max_passes: int = 4) -> None:
@@ -83,10 +84,7 @@ def simulate(n: int, d: int, regime: str, heads: int, stride: int, max_passes: i
 
 
 def main(argv=None) -> None:
-    args = sim_arguments(__doc__.split("\n\n")[0]).parse_args(argv)
-    for n in args.seqlens:
-        for regime in args.regimes:
-            simulate(n, args.head_dim, regime, args.heads, max(args.stride, n // 2048))
+    run_simulation(simulate, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from scripts.bench_attention import make_qk  # noqa: E402
-from sim_seed_threshold import (SEEDS_NEAR, TILE, halley, seed_threshold, sim_arguments,  # noqa: E402
+from sim_seed_threshold import (SEEDS_NEAR, TILE, halley, run_simulation, seed_threshold,  # noqa: E402
                                 start_from_sums, sums)
 
 STRAIGHT = 0.5  # SEED_STRAIGHT_RESIDUAL
@@ -87,10 +87,7 @@ def simulate(n: int, d: int, regime: str, heads: int, stride: int) -> None:
 
 
 def main(argv=None) -> None:
-    args = sim_arguments(__doc__.split("\n\n")[0]).parse_args(argv)
-    for n in args.seqlens:
-        for regime in args.regimes:
-            simulate(n, args.head_dim, regime, args.heads, max(args.stride, n // 2048))
+    run_simulation(simulate, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,15 @@ def sim_arguments(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def run_simulation(simulate, description: str, argv=None) -> None:
+    """Parse sim_arguments and call simulate(n, head_dim, regime, heads, stride) for every length and
+    regime asked for: the main() of the simulations that need no options of their own."""
+    args = sim_arguments(description).parse_args(argv)
+    for n in args.seqlens:
+        for regime in args.regimes:
+            simulate(n, args.head_dim, regime, args.heads, max(args.stride, n // 2048))
+
+
 def main(argv=None) -> None:
     p = sim_arguments(__doc__.split("\n\n")[0])
     p.add_argument("--seeds-near", type=int, default=SEEDS_NEAR,
