@@ -436,6 +436,8 @@ def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.conste
     """Keep (in place, in order) the listed tiles whose value reaches threshold (BY_SLOT: exceeds
     it); return how many. The value is read per tile id (Values_row[kt]: the tiles' reach, _tile_gap) or, BY_SLOT, per list slot
     (what _record_slot_max stored: int32 bits of max(value + SLOT_OFFSET, 0), _encode_gap)."""
+    if BY_SLOT:
+        tl.debug_barrier()  # the slots were written by whichever thread held the row
     n_kept = 0
     for chunk_begin in range(0, n_list, CHUNK):
         slots = chunk_begin + tl.arange(0, CHUNK)
@@ -535,7 +537,6 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_f
         row_g = tl.sum(g, axis=1)
         g_sum += row_g
         _record_slot_max(TileGap_row, i, row_g, 0.0)
-    tl.debug_barrier()  # the slots were written by whichever thread held the row
     n_nonzero = _filter_list(TileList_row, TileGap_row, n_list, 0.0, True, CHUNK, 0.0)
     return acc, acc_g, g_sum, n_nonzero
 
@@ -669,7 +670,6 @@ def _keep_nonzero_tiles(TileList_row, TileGap_row, n_list, step, solving, CHUNK:
     p = 0, in every row. Returns the new length. A superset of the non-zero tiles at threshold + d,
     tight because the last step is tiny."""
     smallest_step = tl.min(tl.where(solving, step, float("inf")), axis=0)
-    tl.debug_barrier()  # the gaps were stored by whichever thread held them
     return _filter_list(TileList_row, TileGap_row, n_list, smallest_step, True, CHUNK)
 
 
