@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import _tau
 
@@ -103,6 +104,20 @@ def _load_rows(head_ptr, positions, N, HEAD_DIM: tl.constexpr):
     dims = tl.arange(0, HEAD_DIM)
     return tl.load(head_ptr + positions[:, None] * HEAD_DIM + dims[None, :],
                    mask=positions[:, None] < N, other=0.0)
+
+
+@triton.jit
+def _load_head_tile(Source, head, head_offset, first_row, N, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+                    TMA: tl.constexpr):
+    """Rows [first_row, first_row + BLOCK) of one head of a contiguous [heads, N, HEAD_DIM] tensor,
+    rows past N as zero. TMA: Source is a tensor descriptor of the whole tensor (_head_rows_source)
+    and the tile comes in one bulk copy, which needs no per-thread addresses or masks; otherwise
+    Source is the tensor's pointer and head_offset the head's first element (_load_rows)."""
+    if TMA:
+        tile = Source.load([head, first_row, 0]).reshape(BLOCK, HEAD_DIM)
+    else:
+        tile = _load_rows(Source + head_offset, first_row + tl.arange(0, BLOCK), N, HEAD_DIM)
+    return tile
 
 
 @triton.jit
@@ -895,16 +910,16 @@ def _entmax_attention_bwd_dq_kernel(
     scale, z_scale, power, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
-    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     """dQ row-wise over the non-zero tiles, and delta_i = sum_j g dP / sum_j g for the dK/dV kernel.
+    With TMA, K and V are tensor descriptors (_load_head_tile).
 
     dL/ds_ij = g_ij (dP_ij - delta_i) with g = p^(2 - alpha). delta_i = dO_i . obar_i, where the
     forward stored obar_i = sum_j g_ij v_j / sum_j g_ij, so one pass over the tiles suffices.
     """
     qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
-    K_head = K + kv_offset
-    V_head = V + kv_offset
+    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
     DocIds_b = DocIds + batch.to(tl.int64) * N
     TileList_row = TileList + table_row * n_k_tiles
 
@@ -922,8 +937,8 @@ def _entmax_attention_bwd_dq_kernel(
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
         cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load_rows(K_head, cols, N, HEAD_DIM)
-        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        k = _load_head_tile(K, kv_head, kv_offset, kt * BLOCK_N, N, HEAD_DIM, BLOCK_N, TMA)
+        v = _load_head_tile(V, kv_head, kv_offset, kt * BLOCK_N, N, HEAD_DIM, BLOCK_N, TMA)
         needs_mask = _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL,
                                       HAS_DOCS, BLOCK_N)
         raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
@@ -947,10 +962,11 @@ def _entmax_attention_bwd_dkdv_kernel(
     scale, z_scale, power, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
-    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     """dK, dV column-wise: one program per (key tile, kv head) sums over the GROUP query heads that
     share the kv head, in registers, visiting only the query tiles where this key tile is non-zero.
+    With TMA, Q and DO are tensor descriptors (_load_head_tile).
     """
     kt = tl.program_id(0)
     bhk = tl.program_id(1)
@@ -974,8 +990,8 @@ def _entmax_attention_bwd_dkdv_kernel(
         for i in range(0, n_list):
             qt = tl.load(KeyTileList + list_row * n_q_tiles + i)
             rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
-            q = _load_rows(Q + head_offset, rows, N, HEAD_DIM)
-            do = _load_rows(DO + head_offset, rows, N, HEAD_DIM)
+            q = _load_head_tile(Q, bh, head_offset, qt * BLOCK_M, N, HEAD_DIM, BLOCK_M, TMA)
+            do = _load_head_tile(DO, bh, head_offset, qt * BLOCK_M, N, HEAD_DIM, BLOCK_M, TMA)
             # Transposed tile: [BLOCK_N keys, BLOCK_M queries]. tau and delta vary along its
             # columns, so each thread holds 16 of each per tile; loaded with a mask they cost more
             # instructions than the tile's four products. Rows past N read row N - 1's values
@@ -1043,6 +1059,9 @@ class _LaunchConfig:
     # Whether the output launch runs the second refinement pass and gathers the output with it
     # (_final_pass); off where the stats must be exact and where it does not apply (_fuses_output).
     fused_output: bool = False
+    # Whether the backward kernels read their per-tile K, V (dQ) and Q, dO (dK/dV) tiles through
+    # tensor descriptors (_load_head_tile, _uses_tma_loads).
+    tma_loads: bool = False
 
     @property
     def z_scale(self) -> float:
@@ -1286,21 +1305,48 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
+# Head dims at which the backward reads its per-tile operands by TMA: at 128, offline (Triton 3.6,
+# sm_90), it takes the dK/dV kernel's loop from 609 to 557 instructions per tile (88 -> 24 bytes
+# spilled) and the dQ kernel's from 504 to 470; at 64 both loops grow instead (docs/kernels.md).
+_TMA_LOAD_HEAD_DIMS = (128,)
+
+
+def _uses_tma_loads(head_dim: int, device: torch.device) -> bool:
+    """Whether the backward reads its per-tile operands by TMA (_load_head_tile): compiled for
+    Hopper or newer, at the head dims of _TMA_LOAD_HEAD_DIMS."""
+    return (device.type == "cuda" and not is_interpreting() and head_dim in _TMA_LOAD_HEAD_DIMS
+            and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def _head_rows_source(t: torch.Tensor, block_rows: int, tma: bool):
+    """What _load_head_tile reads a [batch, heads, N, D] tensor through: a tensor descriptor of its
+    [batch * heads, N, D] view with [1, block_rows, D] boxes (rows past N come back as zero), or the
+    tensor itself."""
+    if not tma:
+        return t
+    batch, heads, seq_len, head_dim = t.shape
+    return TensorDescriptor(t, shape=[batch * heads, seq_len, head_dim], strides=[seq_len * head_dim, head_dim, 1],
+                            block_shape=[1, block_rows, head_dim])
+
+
 def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_mask, nonzero_count,
               config: _LaunchConfig):
     batch, heads, seq_len, head_dim = q.shape
     kv_heads = k.shape[1]
     n_q_tiles, n_k_tiles = tile_mask.shape[1], tile_mask.shape[2]
     device = q.device
+    # A descriptor's base must be 16-byte aligned; a view that starts mid-row is read by pointers.
+    tma = config.tma_loads and all(t.data_ptr() % 16 == 0 for t in (q, k, v, grad_out))
     common = dict(H=heads, GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m,
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
                   ALPHA_MODE=_tau.alpha_mode(config.alpha), DOT_PRECISION=_dot_precision(q.dtype),
-                  num_warps=config.num_warps, num_stages=config.num_stages)
+                  TMA=tma, num_warps=config.num_warps, num_stages=config.num_stages)
 
     dq = torch.empty_like(q)
     tau_delta = torch.empty((batch * heads, seq_len, 2), device=device, dtype=torch.float32)
     _entmax_attention_bwd_dq_kernel[(batch * heads, n_q_tiles)](
-        q, k, v, grad_out, obar, dq, tau_delta, tau, doc_ids, tile_list, nonzero_count,
+        q, _head_rows_source(k, config.block_n, tma), _head_rows_source(v, config.block_n, tma), grad_out, obar, dq,
+        tau_delta, tau, doc_ids, tile_list, nonzero_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
         **{**common, **_launch_options("bwd_dq", head_dim)})
 
@@ -1312,7 +1358,8 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     _entmax_attention_bwd_dkdv_kernel[(n_k_tiles, batch * kv_heads)](
-        q, k, v, grad_out, dk, dv, tau_delta, doc_ids, key_tile_list, key_tile_count,
+        _head_rows_source(q, config.block_m, tma), k, v, _head_rows_source(grad_out, config.block_m, tma), dk, dv,
+        tau_delta, doc_ids, key_tile_list, key_tile_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
         **{**common, **_launch_options("bwd_dkdv", head_dim)})
     return dq, dk, dv
@@ -1390,7 +1437,8 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     # count them, take the plain passes.
     config = _LaunchConfig(alpha=alpha, causal=causal, scale=float(scale), n_iter=n_iter, block_m=block_m,
                            block_n=block_n, num_warps=num_warps, num_stages=num_stages,
-                           fused_output=_fuses_output(alpha, head_dim, n_iter) and not return_stats)
+                           fused_output=_fuses_output(alpha, head_dim, n_iter) and not return_stats,
+                           tma_loads=_uses_tma_loads(head_dim, q.device))
 
     batch, heads, seq_len, _ = q.shape
     _check_grid(batch * heads, seq_len, block_m)

@@ -105,23 +105,32 @@ def backward_kernel(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True
     if kernel not in BACKWARD_KERNELS:
         raise ValueError(f"kernel must be one of {BACKWARD_KERNELS}, got {kernel!r}")
     block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
+    tma = head_dim in entmax_attention._TMA_LOAD_HEAD_DIMS
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
-                     HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
-    return _compile(kernel, constants, num_warps, num_stages)
+                     HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16),
+                     TMA=tma)
+    # With TMA these arguments are tensor descriptors of [heads, N, head_dim] with one tile per box.
+    descriptors = {"bwd_dq": {"K": block_n, "V": block_n}, "bwd_dkdv": {"Q": block_m, "DO": block_m}}[kernel]
+    return _compile(kernel, constants, num_warps, num_stages, descriptors=descriptors if tma else {})
 
 
-def _compile(kernel: str, constants: dict, num_warps: int, num_stages: int, max_registers: int | None = None):
+def _compile(kernel: str, constants: dict, num_warps: int, num_stages: int, max_registers: int | None = None,
+             descriptors: dict | None = None):
     """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs, the common warps
     and stages overridden where the library's launch does (`_launch_options`), and ptxas's register
     cap, if any: Triton's compiled kernel, whose .asm["ptx"] is the PTX and .metadata.shared the
-    shared memory one program takes."""
+    shared memory one program takes. `descriptors` names the arguments that are bf16 tensor
+    descriptors, with their boxes' row counts."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
     fn = getattr(entmax_attention, f"_entmax_attention_{kernel}_kernel")
     signature = {}
+    descriptors = descriptors or {}
     for name in fn.arg_names:
-        if name in _POINTER_TYPES:
+        if name in descriptors:
+            signature[name] = f"tensordesc<bf16[1,{descriptors[name]},{constants['HEAD_DIM']}]>"
+        elif name in _POINTER_TYPES:
             signature[name] = _POINTER_TYPES[name]
         elif name in _INT_POINTERS:
             signature[name] = "*i32"

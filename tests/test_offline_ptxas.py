@@ -186,3 +186,23 @@ def test_threshold_launch_at_head_dim_128_fits_four_programs():
     marked, registers, shared = lines[-1].split()
     assert marked == "True" and int(registers) <= 128
     assert 4 * (int(shared) + 1024) <= 228 * 1024, shared
+
+
+@pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
+def test_backward_reads_its_tiles_by_tma_only_at_head_dim_128():
+    """At head dim 128 the backward kernels load their per-tile operands with TMA bulk copies
+    (_load_head_tile, _TMA_LOAD_HEAD_DIMS), which take the dK/dV kernel's per-thread addresses out
+    of its registers: offline it spilled 88 bytes with pointer loads. At head dim 64 the pointer
+    loads stay (there the TMA loops were longer)."""
+    lines = _output_lines(
+        "from scripts import offline_ptxas\n"
+        "for head_dim in (64, 128):\n"
+        "    for kernel in offline_ptxas.BACKWARD_KERNELS:\n"
+        "        ptx = offline_ptxas.backward_ptx(head_dim, kernel)\n"
+        "        report = offline_ptxas.ptxas_report(ptx, offline_ptxas.find_ptxas())\n"
+        "        print(head_dim, kernel, 'cp.async.bulk.tensor' in ptx, report['spill_stores'])")
+    rows = {(int(d), kernel): (tma == "True", int(spill)) for d, kernel, tma, spill in
+            (line.split() for line in lines[-4:])}
+    assert {key: tma for key, (tma, _) in rows.items()} == {
+        (64, "bwd_dq"): False, (64, "bwd_dkdv"): False, (128, "bwd_dq"): True, (128, "bwd_dkdv"): True}
+    assert rows[(128, "bwd_dkdv")][1] <= 32
