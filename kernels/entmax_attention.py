@@ -121,6 +121,17 @@ def _load_head_tile(Source, head, head_offset, first_row, N, HEAD_DIM: tl.conste
 
 
 @triton.jit
+def _head_source(Source, head_offset, TMA: tl.constexpr):
+    """What _load_head_tile reads one head through: the tensor descriptor itself (TMA; the head is
+    a coordinate) or the tensor's pointer moved to the head's first element (head_offset 0 then)."""
+    if TMA:
+        head_source = Source
+    else:
+        head_source = Source + head_offset
+    return head_source
+
+
+@triton.jit
 def _load_doc_ids(doc_ptr, positions, N, padding_id, HAS_DOCS: tl.constexpr):
     if HAS_DOCS:
         docs = tl.load(doc_ptr + positions, mask=positions < N, other=padding_id)
@@ -179,8 +190,8 @@ def _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N,
 
 @triton.jit
 def _query_tile_program(N, n_q_tiles, H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """This program's query tile, (batch * head) index and batch, the element offsets of its query
-    head and of the kv head that head reads (grouped-query), and its row of the tile tables.
+    """This program's query tile, (batch * head) index and batch, the kv head its head reads
+    (grouped-query), the element offsets of the two heads, and its row of the tile tables.
 
     The grid is (batch * heads, query tiles) and query tiles run last first: programs start in
     launch order, and under a causal mask the last query tiles read the most key tiles, so every
@@ -191,7 +202,7 @@ def _query_tile_program(N, n_q_tiles, H: tl.constexpr, GROUP: tl.constexpr, HEAD
     batch = bh // H
     kv_head = batch * (H // GROUP) + (bh % H) // GROUP
     table_row = bh.to(tl.int64) * n_q_tiles + qt
-    return qt, bh, batch, bh.to(tl.int64) * N * HEAD_DIM, kv_head.to(tl.int64) * N * HEAD_DIM, table_row
+    return qt, bh, batch, kv_head, bh.to(tl.int64) * N * HEAD_DIM, kv_head.to(tl.int64) * N * HEAD_DIM, table_row
 
 
 @triton.jit
@@ -230,45 +241,45 @@ def _query_tile_docs(DocIds_b, first_row, N, HAS_DOCS: tl.constexpr, BLOCK_M: tl
 
 
 @triton.jit
-def _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+def _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
                  CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """The raw scores q.k of key tile kt, -inf where masked (_raw_scores), and the tile's key
     positions: the start of every forward pass's loop body."""
     cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = _load_rows(K_head, cols, N, HEAD_DIM)
+    k = _load_head_tile(K_head, kv_head, 0, kt * BLOCK_N, N, HEAD_DIM, BLOCK_N, TMA)
     needs_mask = _tile_needs_mask(first_row, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL, HAS_DOCS,
                                   BLOCK_N)
     return _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION), cols
 
 
 @triton.jit
-def _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+def _tile_row_max(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
                   CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr):
+                  DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Per-row maximum of the raw scores q.k of key tile kt (-inf where all masked)."""
-    raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
-                          HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    raw, _ = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                          CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
     return tl.max(raw, axis=1)
 
 
 @triton.jit
-def _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, N,
+def _seed_row_max(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, N,
                   CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Row maxima of the raw scores over the key tiles where they usually lie: the first allowed
     tile (where trained models keep attention sinks) and the three around the diagonal (RoPE
     favours near keys). A lower bound of the row maxima, equal to them for most query tiles."""
     seed_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     if kt_end > kt_begin:
-        seed_max = _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, N,
-                                 CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        seed_max = _tile_row_max(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
+                                 kt_begin, N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
         diagonal = (first_row + BLOCK_M - 1) // BLOCK_N
         for offset in tl.static_range(3):
             kt = tl.minimum(tl.maximum(diagonal - 1 + offset, kt_begin), kt_end - 1)
-            seed_max = tl.maximum(seed_max, _tile_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
-                                                          doc_q_last, kt, N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N,
-                                                          DOT_PRECISION))
+            seed_max = tl.maximum(seed_max, _tile_row_max(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row,
+                                                          doc_q_first, doc_q_last, kt, N, CAUSAL, HAS_DOCS, HEAD_DIM,
+                                                          BLOCK_N, DOT_PRECISION, TMA))
     return seed_max
 
 
@@ -299,10 +310,10 @@ def _gap_threshold(bound, gap_ref):
 
 
 @triton.jit
-def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
+def _dense_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
                 TileReach_row, N, z_scale, power, bin_shift, gap_ref, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
-                ALPHA_MODE: tl.constexpr, SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                ALPHA_MODE: tl.constexpr, SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Row maxima of z and every tile's gap (stored, _tile_gap); counts tiles with an allowed entry;
     and, over the tiles that can hold a z above bin_shift, either the histogram of y = z - bin_shift
     (as _histogram_pass) or, with SEED_START, the power sums of u = [z - bin_shift]_+ (as _refine_pass).
@@ -320,8 +331,8 @@ def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
     # A tile whose every row's maximum is at or below the row's shift adds to no bin and no sum.
     bin_floor = _gap_threshold(bin_shift, gap_ref)
     for kt in range(kt_begin, kt_end):
-        raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
-                              HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        raw, _ = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                              CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
         tile_row_max = tl.max(raw, axis=1)
         raw_row_max = tl.maximum(raw_row_max, tile_row_max)
         tile_gap = _tile_gap(tile_row_max * z_scale, gap_ref)
@@ -340,10 +351,10 @@ def _dense_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
 
 
 @triton.jit
-def _seed_threshold(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
+def _seed_threshold(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
                     seed_max, TileList_row, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
-                    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Per row, a lower bound of tau from the seed tiles alone (-inf for a row without a seed entry).
 
     Adding elements to a row only raises its threshold, so the threshold of the seed tiles' scores
@@ -367,14 +378,14 @@ def _seed_threshold(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
     tl.store(TileList_row + tl.cumsum(flags, axis=0) - 1, kts, mask=is_seed)
     n_seeds = tl.sum(flags, axis=0)
     tl.debug_barrier()  # the list was stored by whichever thread held each slot
-    counts = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
+    counts = _histogram_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
                              TileList_row, n_seeds, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS,
-                             DOT_PRECISION)
+                             DOT_PRECISION, TMA)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
-    mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
-                                          shift + t, TileList_row, n_seeds, N, z_scale, power, CAUSAL, HAS_DOCS,
-                                          HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
+    mass, slope, curvature = _refine_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                          doc_q_last, shift + t, TileList_row, n_seeds, N, z_scale, power, CAUSAL,
+                                          HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION, TMA)
     t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
     tl.debug_barrier()  # every thread has read the seed list before the candidates overwrite it
     return tl.where(shift < float("inf"), shift + lo, float("-inf"))
@@ -482,10 +493,10 @@ def _filter_list(TileList_row, Values_row, n_list, threshold, BY_SLOT: tl.conste
 
 
 @triton.jit
-def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, TileList_row, n_list,
-                    N, z_scale, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
+def _histogram_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
+                    TileList_row, n_list, N, z_scale, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_BINS: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Per-row histogram of y = z - shift over the listed tiles.
 
     The list is not pruned here: an exact per-tile test (some row with y >= 0) would cost a
@@ -495,25 +506,25 @@ def _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
     counts = tl.zeros([BLOCK_M, NUM_BINS], dtype=tl.int32)
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
-        raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
-                              HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        raw, _ = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                              CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
         counts += _tau.histogram_rows(raw * (z_scale * NUM_BINS) - shift_times_bins[:, None], NUM_BINS)
     return counts
 
 
 @triton.jit
-def _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold, TileList_row, n_list,
-                 N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
+def _refine_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold,
+                 TileList_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Per-row power sums of u = [z - threshold]_+ over the listed tiles (for a Halley step)."""
     mass = tl.zeros([BLOCK_M], dtype=tl.float32)
     slope = tl.zeros([BLOCK_M], dtype=tl.float32)
     curvature = tl.zeros([BLOCK_M], dtype=tl.float32)
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
-        raw, _ = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
-                              HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        raw, _ = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
+                              CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
         u = tl.maximum(raw * z_scale - threshold[:, None], 0.0)
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
@@ -523,10 +534,10 @@ def _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, do
 
 
 @triton.jit
-def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau, TileList_row,
-                 TileGap_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _output_pass(q, K_head, V_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, tau,
+                 TileList_row, TileGap_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                 CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """sum_j p_ij v_j and the backward's weighted mean value (see _store_outputs) at the final tau;
     keeps (in place) the listed tiles that hold a non-zero probability and returns their count.
 
@@ -541,12 +552,12 @@ def _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_f
     tl.debug_barrier()  # every slot is zero before any thread's atomic max reaches it
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
-        raw, cols = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N, CAUSAL,
-                                 HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        raw, cols = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt,
+                                 N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
         u = tl.maximum(raw * z_scale - tau[:, None], 0.0)
         g = _tau.gradient_weight(u, power, ALPHA_MODE)
         p = g * u  # u^power, since g = u^(power - 1) (zero off the support)
-        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        v = _load_head_tile(V_head, kv_head, 0, kt * BLOCK_N, N, HEAD_DIM, BLOCK_N, TMA)
         acc = _dot(p.to(v.dtype), v, acc, DOT_PRECISION)
         acc_g = _dot(g.to(v.dtype), v, acc_g, DOT_PRECISION)
         row_g = tl.sum(g, axis=1)
@@ -582,11 +593,11 @@ def _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, t, lo, hi, solving,
-                converged, TileList_row, TileReach_row, gap_ref, n_list, N, z_scale, power, stop_residual,
+def _refinement(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift, t, lo, hi,
+                solving, converged, TileList_row, TileReach_row, gap_ref, n_list, N, z_scale, power, stop_residual,
                 CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                PASSES: tl.constexpr):
+                PASSES: tl.constexpr, TMA: tl.constexpr):
     """At most PASSES Halley passes (step 4), each followed by the tile dropping of step 5; returns
     t, the bracket, whether the last pass converged, and the list's length."""
     for _ in tl.static_range(PASSES):
@@ -594,10 +605,10 @@ def _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc
         # skipped: the step taken from there is the last one needed (_tau.stop_residual). The
         # passes stay unrolled under a scalar guard: a runtime loop was 10% slower (docs/kernels.md).
         if converged == 0:
-            mass, slope, curvature = _refine_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+            mass, slope, curvature = _refine_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
                                                   doc_q_last, shift + t, TileList_row, n_list, N, z_scale, power,
                                                   CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE,
-                                                  DOT_PRECISION)
+                                                  DOT_PRECISION, TMA)
             converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
             t, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
             n_list = _drop_zero_tiles(TileList_row, TileReach_row, n_list, shift + lo, gap_ref, CHUNK)
@@ -632,10 +643,10 @@ def _zero_slots(Slots, n, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold,
+def _final_pass(q, K_head, V_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, threshold,
                 TileList_row, TileGap_row, n_list, N, z_scale, power, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALPHA_MODE: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):
+                DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """A refinement pass (the power sums of _refine_pass) that also accumulates, around its own
     threshold, what the output needs at the next one: for u = [z - threshold]_+ on the support S,
     sum u^2 v (alpha = 1.5 only), sum u v and sum_S v. If the Halley step d taken from its sums is
@@ -661,8 +672,8 @@ def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_fi
     tl.debug_barrier()  # every slot is zero before any thread's atomic max reaches it
     for i in range(0, n_list):
         kt = tl.load(TileList_row + i)
-        raw, cols = _tile_scores(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
-                                 CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+        raw, cols = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt,
+                                 N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
         gap = raw * z_scale - threshold[:, None]
         _record_slot_max(TileGap_row, i, tl.max(gap, axis=1), 1.0)
         u = tl.maximum(gap, 0.0)
@@ -670,7 +681,7 @@ def _final_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_fi
         mass += tile_mass
         slope += tile_slope
         curvature += tile_curvature
-        v = _load_rows(V_head, cols, N, HEAD_DIM)
+        v = _load_head_tile(V_head, kv_head, 0, kt * BLOCK_N, N, HEAD_DIM, BLOCK_N, TMA)
         if ALPHA_MODE == 1:
             acc_u2 = _dot((u * u).to(v.dtype), v, acc_u2, DOT_PRECISION)
         acc_u = _dot(u.to(v.dtype), v, acc_u, DOT_PRECISION)
@@ -711,15 +722,15 @@ def _entmax_attention_tau_kernel(
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
-    FUSED_OUTPUT: tl.constexpr, SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FUSED_OUTPUT: tl.constexpr, SEED_START: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     """Forward, first launch: tau per row, and per query tile the list of key tiles that can hold a
     non-zero probability (steps 1-4 of the module docstring). With FUSED_OUTPUT it runs only the
     first refinement pass (N_ITER = 1) and leaves the solver's state (shift, t, bracket, whether that
     pass converged) in State and Converged for the output launch, instead of tau."""
-    qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
     Q_head = Q + head_offset
-    K_head = K + kv_offset
+    K_head = _head_source(K, kv_offset, TMA)
     DocIds_b = DocIds + batch.to(tl.int64) * N
     TileReach_row = TileReach + table_row * n_k_tiles
     TileList_row = TileList + table_row * n_k_tiles
@@ -737,23 +748,23 @@ def _entmax_attention_tau_kernel(
     # the separate histogram pass, a second QK^T over every candidate tile, is skipped. With
     # SEED_START (alpha = 1.5) the dense pass takes power sums at the seed tiles' own threshold
     # instead, a lower bound of tau (_seed_threshold; docs/kernels.md "Seed threshold").
-    seed_max = _seed_row_max(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
-                             N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, DOT_PRECISION) * z_scale
+    seed_max = _seed_row_max(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin,
+                             kt_end, N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, DOT_PRECISION, TMA) * z_scale
     dense_shift = tl.where((rows < N) & (seed_max > float("-inf")), seed_max - 1.0, float("inf"))
     # The tile gaps' per-row reference (_tile_gap); padding rows past N (not masked: their scores
     # are 0) are left out by +inf.
     gap_ref = tl.where(rows < N, 0.0, float("inf"))
     if SEED_START:
-        seed_tau = _seed_threshold(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin,
-                                   kt_end, seed_max, TileList_row, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
-                                   BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE, DOT_PRECISION)
+        seed_tau = _seed_threshold(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
+                                   kt_begin, kt_end, seed_max, TileList_row, N, z_scale, power, CAUSAL, HAS_DOCS,
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE, DOT_PRECISION, TMA)
         dense_shift = tl.where(seed_tau > float("-inf"), seed_tau, float("inf"))
         # Gaps against the seed threshold, a lower bound of tau that varies with the row as tau does.
         gap_ref = tl.where(rows < N, seed_tau, float("inf"))
     row_max, n_allowed, counts, mass, slope, curvature = _dense_pass(
-        q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end, TileReach_row, N,
-        z_scale, power, dense_shift, gap_ref, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS, ALPHA_MODE,
-        SEED_START, DOT_PRECISION)
+        q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt_begin, kt_end,
+        TileReach_row, N, z_scale, power, dense_shift, gap_ref, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_BINS,
+        ALPHA_MODE, SEED_START, DOT_PRECISION, TMA)
     # Padding rows past N were not masked (their scores are 0): drop them here.
     row_max = tl.where(rows < N, row_max, float("-inf"))
     n_list = _compact_candidates(TileReach_row, TileList_row, row_max, gap_ref, kt_begin, kt_end, CHUNK)
@@ -770,9 +781,9 @@ def _entmax_attention_tau_kernel(
     # can be far wider than a histogram's; such tiles take the histogram's.)
     seeds_missed = tl.max(((rows < N) & (row_max != seed_max)).to(tl.int32), axis=0)
     if seeds_missed > 0:
-        counts = _histogram_pass(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift,
-                                 TileList_row, n_list, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                                 NUM_BINS, DOT_PRECISION)
+        counts = _histogram_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
+                                 shift, TileList_row, n_list, N, z_scale, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                                 NUM_BINS, DOT_PRECISION, TMA)
     lo, hi = _tau.bracket_from_histogram(counts, power, ALPHA_MODE, NUM_BINS)
     t = 0.5 * (lo + hi)
     converged = tl.zeros([], dtype=tl.int32)  # a scalar flag (an int: the frontend wants one type)
@@ -795,10 +806,10 @@ def _entmax_attention_tau_kernel(
     n_list = _drop_zero_tiles(TileList_row, TileReach_row, n_list, shift + lo, gap_ref, CHUNK)
     # A tile sent straight on runs no pass here: _refinement sees it as converged.
     hold = tl.maximum(converged, straight)
-    t, lo, hi, refined, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last,
-                                             shift, t, lo, hi, solving, hold, TileList_row, TileReach_row, gap_ref,
-                                             n_list, N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                                             BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER)
+    t, lo, hi, refined, n_list = _refinement(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
+                                             doc_q_last, shift, t, lo, hi, solving, hold, TileList_row, TileReach_row,
+                                             gap_ref, n_list, N, z_scale, power, stop_residual, CAUSAL, HAS_DOCS,
+                                             HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER, TMA)
     converged = tl.where(straight != 0, converged, refined)
 
     if FUSED_OUTPUT:
@@ -824,7 +835,7 @@ def _entmax_attention_output_kernel(
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr, FUSED_OUTPUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     """Forward, second launch: the output pass over the tiles the first launch listed. A launch
     of its own, so that its two [BLOCK_M, HEAD_DIM] accumulators do not raise the register count of
@@ -837,9 +848,9 @@ def _entmax_attention_output_kernel(
     run here. The list left for the backward after a converged final pass is a superset of the
     non-zero tiles (_keep_nonzero_tiles; exact only without FUSED_OUTPUT, which return_stats asks
     for)."""
-    qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
-    K_head = K + kv_offset
-    V_head = V + kv_offset
+    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    K_head = _head_source(K, kv_offset, TMA)
+    V_head = _head_source(V, kv_offset, TMA)
     DocIds_b = DocIds + batch.to(tl.int64) * N
     TileList_row = TileList + table_row * n_k_tiles
 
@@ -861,9 +872,9 @@ def _entmax_attention_output_kernel(
         solving = (rows < N) & (shift < float("inf"))
         if converged == 0:
             mass, slope, curvature, acc_u2, acc_u, acc_support = _final_pass(
-                q, K_head, V_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
+                q, K_head, V_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, shift + t,
                 TileList_row, TileGap + table_row * n_k_tiles, n_list, N, z_scale, power, CAUSAL, HAS_DOCS, HEAD_DIM,
-                BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION)
+                BLOCK_M, BLOCK_N, ALPHA_MODE, DOT_PRECISION, TMA)
             converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
             t_next, lo, hi = _tau.halley_update(t, lo, hi, mass, slope, curvature)
             step = tl.where(solving, t_next - t, 0.0)
@@ -878,22 +889,22 @@ def _entmax_attention_output_kernel(
             else:
                 n_list = _drop_zero_tiles(TileList_row, TileReach_row, n_list, shift + lo, gap_ref, CHUNK)
             t = t_next
-            t, lo, hi, converged, n_list = _refinement(q, K_head, DocIds_b, row_docs, rows, first_row, doc_q_first,
-                                                       doc_q_last, shift, t, lo, hi, solving, converged, TileList_row,
-                                                       TileReach_row, gap_ref, n_list, N, z_scale, power,
+            t, lo, hi, converged, n_list = _refinement(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row,
+                                                       doc_q_first, doc_q_last, shift, t, lo, hi, solving, converged,
+                                                       TileList_row, TileReach_row, gap_ref, n_list, N, z_scale, power,
                                                        stop_residual, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                                                       ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER - 2)
+                                                       ALPHA_MODE, CHUNK, DOT_PRECISION, N_ITER - 2, TMA)
         tau = shift + t
         tl.store(Tau + row_offsets, tau, mask=rows < N)
     else:
         tau = tl.load(Tau + row_offsets, mask=rows < N, other=float("inf"))
     n_nonzero = n_list
     if stored == 0:
-        out, g_values, g_sum, n_nonzero = _output_pass(q, K_head, V_head, DocIds_b, row_docs, rows, first_row,
+        out, g_values, g_sum, n_nonzero = _output_pass(q, K_head, V_head, kv_head, DocIds_b, row_docs, rows, first_row,
                                                        doc_q_first, doc_q_last, tau, TileList_row,
                                                        TileGap + table_row * n_k_tiles, n_list, N, z_scale, power,
                                                        CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, CHUNK,
-                                                       DOT_PRECISION)
+                                                       DOT_PRECISION, TMA)
         _store_outputs(Out + head_offset, Obar + head_offset, rows, N, out, g_values, g_sum, HEAD_DIM)
     _mark_tiles(TileList_row, TileMask + table_row * n_k_tiles, n_nonzero, CHUNK)
     tl.store(NonzeroCount + table_row, n_nonzero)
@@ -918,8 +929,7 @@ def _entmax_attention_bwd_dq_kernel(
     dL/ds_ij = g_ij (dP_ij - delta_i) with g = p^(2 - alpha). delta_i = dO_i . obar_i, where the
     forward stored obar_i = sum_j g_ij v_j / sum_j g_ij, so one pass over the tiles suffices.
     """
-    qt, bh, batch, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
-    kv_head = batch * (H // GROUP) + (bh % H) // GROUP
+    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
     DocIds_b = DocIds + batch.to(tl.int64) * N
     TileList_row = TileList + table_row * n_k_tiles
 
@@ -1059,8 +1069,8 @@ class _LaunchConfig:
     # Whether the output launch runs the second refinement pass and gathers the output with it
     # (_final_pass); off where the stats must be exact and where it does not apply (_fuses_output).
     fused_output: bool = False
-    # Whether the backward kernels read their per-tile K, V (dQ) and Q, dO (dK/dV) tiles through
-    # tensor descriptors (_load_head_tile, _uses_tma_loads).
+    # Whether the kernels read their per-tile operands (K and V in the forward and the dQ kernel, Q
+    # and dO in the dK/dV kernel) through tensor descriptors (_load_head_tile, _uses_tma_loads).
     tma_loads: bool = False
 
     @property
@@ -1286,36 +1296,48 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         # the threshold launch is done, and the launches run in order on one stream.
         tile_gap = tile_reach.view(torch.int32)
     grid = (batch * heads, n_q_tiles)
-    common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m,
-                  BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
+    tma = _reads_by_tma(config, q, k, v)
+    k_source, v_source = _head_rows_source(k, config.block_n, tma), _head_rows_source(v, config.block_n, tma)
+    common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                  CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
                   CHUNK=_COMPACTION_CHUNK, FUSED_OUTPUT=config.fused_output, DOT_PRECISION=_dot_precision(q.dtype),
-                  num_warps=config.num_warps, num_stages=config.num_stages)
+                  TMA=tma, num_warps=config.num_warps, num_stages=config.num_stages)
     stop_residual = _tau.stop_residual(config.alpha, q.dtype != torch.float32)
     n_rows_total = batch * heads * seq_len
     tau_options = {} if is_interpreting() else _tau_launch_options(config, head_dim)
     _entmax_attention_tau_kernel[grid](
-        q, k, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state, converged,
-        config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
+        q, k_source, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state,
+        converged, config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles,
+        n_rows_total,
         NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter,
         SEED_START=_starts_from_seeds(config.alpha), **{**common, **_launch_options("tau", head_dim), **tau_options})
     _entmax_attention_output_kernel[grid](
-        q, k, v, out, obar, doc_ids, tile_reach, tile_list, tile_mask, nonzero_count, tau, state, converged, tile_gap,
-        config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
+        q, k_source, v_source, out, obar, doc_ids, tile_reach, tile_list, tile_mask, nonzero_count, tau, state,
+        converged, tile_gap, config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
         N_ITER=config.n_iter, **{**common, **_launch_options("output", head_dim)})
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
-# Head dims at which the backward reads its per-tile operands by TMA: at 128, offline (Triton 3.6,
-# sm_90), it takes the dK/dV kernel's loop from 609 to 557 instructions per tile (88 -> 24 bytes
-# spilled) and the dQ kernel's from 504 to 470; at 64 both loops grow instead (docs/kernels.md).
+# Head dims at which the kernels read their per-tile operands by TMA. At 128, offline (Triton 3.6,
+# sm_90), the loops lose 7-14 % of their instructions per tile (threshold launch: dense pass 626 ->
+# 540, refinement 527 -> 463; output pass 539 -> 479; dQ 504 -> 470; dK/dV 609 -> 557) and the
+# spills shrink (threshold launch 40 -> 8 bytes, dK/dV 88 -> 24). At 64 the forward's loops lose
+# 1-2 % and the backward's grow (docs/kernels.md). Not yet measured on a GPU.
 _TMA_LOAD_HEAD_DIMS = (128,)
 
 
 def _uses_tma_loads(head_dim: int, device: torch.device) -> bool:
-    """Whether the backward reads its per-tile operands by TMA (_load_head_tile): compiled for
+    """Whether the kernels read their per-tile operands by TMA (_load_head_tile): compiled for
     Hopper or newer, at the head dims of _TMA_LOAD_HEAD_DIMS."""
     return (device.type == "cuda" and not is_interpreting() and head_dim in _TMA_LOAD_HEAD_DIMS
             and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def _reads_by_tma(config: _LaunchConfig, *tensors: torch.Tensor) -> bool:
+    """Whether a launch reads its tiles through descriptors (the TMA constexpr): where the config
+    asks for it and every tensor starts 16-byte aligned, as a descriptor's base must (a view that
+    starts mid-row is read by pointers)."""
+    return config.tma_loads and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def _head_rows_source(t: torch.Tensor, block_rows: int, tma: bool):
@@ -1335,8 +1357,7 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     kv_heads = k.shape[1]
     n_q_tiles, n_k_tiles = tile_mask.shape[1], tile_mask.shape[2]
     device = q.device
-    # A descriptor's base must be 16-byte aligned; a view that starts mid-row is read by pointers.
-    tma = config.tma_loads and all(t.data_ptr() % 16 == 0 for t in (q, k, v, grad_out))
+    tma = _reads_by_tma(config, q, k, v, grad_out)
     common = dict(H=heads, GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m,
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
                   ALPHA_MODE=_tau.alpha_mode(config.alpha), DOT_PRECISION=_dot_precision(q.dtype),

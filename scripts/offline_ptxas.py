@@ -79,19 +79,23 @@ def forward_kernel(head_dim: int, n_iter: int, causal: bool = True, kernel: str 
     if kernel not in FORWARD_KERNELS:
         raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
     block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
+    tma = head_dim in entmax_attention._TMA_LOAD_HEAD_DIMS
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, NUM_BINS=entmax_attention.NUM_BINS,
                      N_ITER=tau_passes(n_iter, fused_output) if kernel == "tau" else n_iter,
                      FUSED_OUTPUT=fused_output, SEED_START=entmax_attention._starts_from_seeds(1.5),
                      CHUNK=entmax_attention._COMPACTION_CHUNK,
-                     DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16))
+                     DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16), TMA=tma)
     options = {}
     if kernel == "tau":  # the register cap and stages _forward gives this launch, where it gives them
         config = entmax_attention._LaunchConfig(alpha=1.5, causal=causal, scale=head_dim ** -0.5, n_iter=n_iter,
                                                 block_m=block_m, block_n=block_n, num_warps=num_warps,
                                                 num_stages=num_stages, fused_output=fused_output)
         options = entmax_attention._tau_launch_options(config, head_dim)
-    return _compile(kernel, constants, num_warps, options.get("num_stages", num_stages), options.get("maxnreg"))
+    # With TMA, K and V are tensor descriptors of [heads, N, head_dim] with one key tile per box.
+    descriptors = {"K": block_n, "V": block_n} if tma else {}
+    return _compile(kernel, constants, num_warps, options.get("num_stages", num_stages), options.get("maxnreg"),
+                    descriptors=descriptors)
 
 
 def backward_ptx(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True) -> str:

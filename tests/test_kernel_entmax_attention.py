@@ -157,8 +157,8 @@ def _final_pass_probe(Q, K, V, TileList, TileGap, Threshold, Step, Out, Obar, N,
     threshold = tl.load(Threshold + rows)
     step = tl.load(Step + rows)
     mass, slope, curvature, acc_u2, acc_u, acc_support = attention_module._final_pass(
-        q, K, V, Q, rows, rows, 0, 0, 0, threshold, TileList, TileGap, tl.cdiv(N, BLOCK), N, z_scale, power, False,
-        False, HEAD_DIM, BLOCK, BLOCK, ALPHA_MODE, "ieee")
+        q, K, V, 0, Q, rows, rows, 0, 0, 0, threshold, TileList, TileGap, tl.cdiv(N, BLOCK), N, z_scale, power,
+        False, False, HEAD_DIM, BLOCK, BLOCK, ALPHA_MODE, "ieee", False)
     out, g_values, g_sum = attention_module._expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step,
                                                               ALPHA_MODE)
     attention_module._store_outputs(Out, Obar, rows, N, out, g_values, g_sum, HEAD_DIM)
@@ -318,11 +318,11 @@ def test_seed_start_tied_keys_sum_to_one(gen, block):
 
 
 @pytest.mark.parametrize("causal,with_docs", [(True, False), (False, True)])
-def test_backward_tma_loads_match_pointer_loads(gen, monkeypatch, causal, with_docs):
-    """The backward's tiles read through tensor descriptors (_load_head_tile; by default only on
-    Hopper at head dim 128) give the same gradients as the pointer loads: two batches, grouped
-    query heads (each kv head read by two query heads), a length that ends mid-tile (rows past N
-    must come back as zero) and, without causality, packed documents."""
+def test_tma_loads_match_pointer_loads(gen, monkeypatch, causal, with_docs):
+    """Tiles read through tensor descriptors (_load_head_tile; by default only on Hopper at head
+    dim 128) give the same output and gradients as the pointer loads: two batches, grouped query
+    heads (each kv head read by two query heads), a length that ends mid-tile (rows past N must
+    come back as zero) and, without causality, packed documents."""
     q, k, v = make_qkv(gen, 2, 4, 2, 100, 32, q_scale=2.0)
     doc_ids = random_doc_ids(gen, 2, 100) if with_docs else None
     grad_out = torch.randn(q.shape, generator=gen).to(DEVICE)
@@ -334,20 +334,21 @@ def test_backward_tma_loads_match_pointer_loads(gen, monkeypatch, causal, with_d
         return head_rows_source(t, block_rows, tma)
 
     monkeypatch.setattr(attention_module, "_head_rows_source", recorded_source)
-    gradients = []
+    results = []
     for tma in (False, True):
         monkeypatch.setattr(attention_module, "_uses_tma_loads", lambda head_dim, device, tma=tma: tma)
         out = kernels.entmax_attention(q, k, v, causal=causal, doc_ids=doc_ids, block_sizes=(32, 32))
-        gradients.append(torch.autograd.grad(out, (q, k, v), grad_out))
-    assert sources == ["Tensor"] * 4 + ["TensorDescriptor"] * 4, "the second run should read by descriptors"
-    for name, by_pointer, by_descriptor in zip(("dq", "dk", "dv"), *gradients):
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
+    # Per run: k and v for the forward, k and v for the dQ kernel, q and dO for the dK/dV kernel.
+    assert sources == ["Tensor"] * 6 + ["TensorDescriptor"] * 6, "the second run should read by descriptors"
+    for name, by_pointer, by_descriptor in zip(("out", "dq", "dk", "dv"), *results):
         assert torch.isfinite(by_descriptor).all(), name
         # The same operands into the same products: equal under the interpreter; compiled, the two
         # builds may schedule the products' sums differently.
         assert rel_error(by_descriptor, by_pointer) <= 1e-6, name
 
 
-def test_backward_tma_loads_only_on_hopper_at_head_dim_128():
+def test_tma_loads_only_on_hopper_at_head_dim_128():
     assert not attention_module._uses_tma_loads(128, torch.device("cpu"))
     if torch.cuda.is_available() and not attention_module.is_interpreting():
         hopper = torch.cuda.get_device_capability()[0] >= 9

@@ -189,20 +189,25 @@ def test_threshold_launch_at_head_dim_128_fits_four_programs():
 
 
 @pytest.mark.skipif(offline_ptxas.find_ptxas() is None, reason="needs CUDA's ptxas")
-def test_backward_reads_its_tiles_by_tma_only_at_head_dim_128():
-    """At head dim 128 the backward kernels load their per-tile operands with TMA bulk copies
-    (_load_head_tile, _TMA_LOAD_HEAD_DIMS), which take the dK/dV kernel's per-thread addresses out
-    of its registers: offline it spilled 88 bytes with pointer loads. At head dim 64 the pointer
-    loads stay (there the TMA loops were longer)."""
+def test_kernels_read_their_tiles_by_tma_only_at_head_dim_128():
+    """At head dim 128 all four launches load their per-tile operands with TMA bulk copies
+    (_load_head_tile, _TMA_LOAD_HEAD_DIMS), which take per-thread addresses out of the registers:
+    offline the dK/dV kernel spilled 88 bytes and the threshold launch 40 with pointer loads. At
+    head dim 64 the pointer loads stay."""
     lines = _output_lines(
         "from scripts import offline_ptxas\n"
         "for head_dim in (64, 128):\n"
+        "    builds = {'tau': offline_ptxas.forward_kernel(head_dim, 4, kernel='tau'),\n"
+        "              'output': offline_ptxas.forward_kernel(head_dim, 4, kernel='output')}\n"
         "    for kernel in offline_ptxas.BACKWARD_KERNELS:\n"
-        "        ptx = offline_ptxas.backward_ptx(head_dim, kernel)\n"
+        "        builds[kernel] = offline_ptxas.backward_kernel(head_dim, kernel)\n"
+        "    for kernel, compiled in builds.items():\n"
+        "        ptx = compiled.asm['ptx']\n"
         "        report = offline_ptxas.ptxas_report(ptx, offline_ptxas.find_ptxas())\n"
         "        print(head_dim, kernel, 'cp.async.bulk.tensor' in ptx, report['spill_stores'])")
     rows = {(int(d), kernel): (tma == "True", int(spill)) for d, kernel, tma, spill in
-            (line.split() for line in lines[-4:])}
+            (line.split() for line in lines[-8:])}
     assert {key: tma for key, (tma, _) in rows.items()} == {
-        (64, "bwd_dq"): False, (64, "bwd_dkdv"): False, (128, "bwd_dq"): True, (128, "bwd_dkdv"): True}
-    assert rows[(128, "bwd_dkdv")][1] <= 32
+        (head_dim, kernel): head_dim == 128 for head_dim in (64, 128)
+        for kernel in ("tau", "output", *offline_ptxas.BACKWARD_KERNELS)}
+    assert rows[(128, "bwd_dkdv")][1] <= 32 and rows[(128, "tau")][1] <= 32
