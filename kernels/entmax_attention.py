@@ -1296,7 +1296,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         # the threshold launch is done, and the launches run in order on one stream.
         tile_gap = tile_reach.view(torch.int32)
     grid = (batch * heads, n_q_tiles)
-    tma = _reads_by_tma(config, q, k, v)
+    tma = _reads_by_tma(config, k, v)  # the forward reads K and V by descriptors, Q by pointers
     k_source, v_source = _head_rows_source(k, config.block_n, tma), _head_rows_source(v, config.block_n, tma)
     common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                   CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
