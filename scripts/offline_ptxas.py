@@ -133,7 +133,7 @@ def _compile(kernel: str, constants: dict, num_warps: int, num_stages: int, max_
     descriptors = descriptors or {}
     for name in fn.arg_names:
         if name in descriptors:
-            signature[name] = f"tensordesc<bf16[1,{descriptors[name]},{constants['HEAD_DIM']}]>"
+            signature[name] = f"tensordesc<{_POINTER_TYPES[name][1:]}[1,{descriptors[name]},{constants['HEAD_DIM']}]>"
         elif name in _POINTER_TYPES:
             signature[name] = _POINTER_TYPES[name]
         elif name in _INT_POINTERS:

@@ -80,6 +80,31 @@ def test_forward_and_gradients_match_reference(alpha, causal, kv_heads, head_dim
     assert stats["block_sparsity"] == pytest.approx(ref_stats["block_sparsity"], abs=0.03), sparsities
 
 
+@pytest.mark.parametrize("dtype,head_dim", [(torch.float32, 64), (torch.float32, 128),
+                                            (torch.float16, 64), (torch.float16, 128)])
+def test_other_dtypes_match_float64_reference(dtype, head_dim):
+    """fp32 and fp16 inputs through the compiled paths that bf16 does not take: fp32 has exact
+    (ieee) products, other shared-memory stages, and at head dim 128 four-byte rows through the
+    tensor descriptors (_load_head_tile). A length that ends mid-tile; every Σp checked per row."""
+    seq_len, heads, kv_heads = 1000, 4, 2
+    q, k, v = rope_qkv(1, heads, kv_heads, seq_len, head_dim, temperature=0.4, seed=head_dim, dtype=dtype)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref_out = reference.entmax_attention(q64, k64, v64, alpha=1.5, causal=True)
+    ref_grads = torch.autograd.grad(ref_out, (q64, k64, v64), grad_out.double())
+    errors = {"out": rel_error(out, ref_out)}
+    errors.update({name: rel_error(grad, ref_grad) for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, ref_grads)})
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-3
+    assert all(math.isfinite(e) for e in errors.values()) and max(errors.values()) <= tolerance, errors
+    with torch.no_grad():
+        ones = torch.ones_like(v)
+        row_sums = kernels.entmax_attention(q, k, ones, alpha=1.5, causal=True).double()
+    assert (row_sums - 1).abs().max().item() <= (1e-5 if dtype == torch.float32 else 1e-3)
+
+
 @pytest.mark.parametrize("seq_len,head_dim", [(8192, 64), (8192, 128), (32768, 64), (32768, 128)])
 def test_long_forward_on_sampled_rows(seq_len, head_dim):
     heads = 2
