@@ -1321,8 +1321,9 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
 # Head dims at which the kernels read their per-tile operands by TMA. At 128, offline (Triton 3.6,
 # sm_90), the loops lose 7-14 % of their instructions per tile (threshold launch: dense pass 626 ->
 # 540, refinement 527 -> 463; output pass 539 -> 479; dQ 504 -> 470; dK/dV 609 -> 557) and the
-# spills shrink (threshold launch 40 -> 8 bytes, dK/dV 88 -> 24). At 64 the forward's loops lose
-# 1-2 % and the backward's grow (docs/kernels.md). Not yet measured on a GPU.
+# spills shrink (threshold launch 40 -> 8 bytes, dK/dV 88 -> 24); on the H200 all kernels took 3-6 %
+# less time (docs/benchmarks.md section 1m). At 64 the forward's loops lose 1-2 % and the
+# backward's grow (docs/kernels.md).
 _TMA_LOAD_HEAD_DIMS = (128,)
 
 
