@@ -1069,9 +1069,11 @@ class _LaunchConfig:
     # Whether the output launch runs the second refinement pass and gathers the output with it
     # (_final_pass); off where the stats must be exact and where it does not apply (_fuses_output).
     fused_output: bool = False
-    # Whether the kernels read their per-tile operands (K and V in the forward and the dQ kernel, Q
-    # and dO in the dK/dV kernel) through tensor descriptors (_load_head_tile, _uses_tma_loads).
-    tma_loads: bool = False
+    # Whether the forward's kernels (K and V) and the backward's (K and V in the dQ kernel, Q and dO
+    # in the dK/dV kernel) read their per-tile operands through tensor descriptors (_load_head_tile,
+    # _uses_tma_loads).
+    tma_forward: bool = False
+    tma_backward: bool = False
 
     @property
     def z_scale(self) -> float:
@@ -1296,7 +1298,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         # the threshold launch is done, and the launches run in order on one stream.
         tile_gap = tile_reach.view(torch.int32)
     grid = (batch * heads, n_q_tiles)
-    tma = _reads_by_tma(config, k, v)  # the forward reads K and V by descriptors, Q by pointers
+    tma = _reads_by_tma(config.tma_forward, k, v)  # the forward reads K and V by descriptors, Q by pointers
     k_source, v_source = _head_rows_source(k, config.block_n, tma), _head_rows_source(v, config.block_n, tma)
     common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                   CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
@@ -1318,27 +1320,27 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
-# Head dims at which the kernels read their per-tile operands by TMA. At 128, offline (Triton 3.6,
-# sm_90), the loops lose 7-14 % of their instructions per tile (threshold launch: dense pass 626 ->
-# 540, refinement 527 -> 463; output pass 539 -> 479; dQ 504 -> 470; dK/dV 609 -> 557) and the
-# spills shrink (threshold launch 40 -> 8 bytes, dK/dV 88 -> 24); on the H200 all kernels took 3-6 %
-# less time (docs/benchmarks.md section 1m). At 64 the forward's loops lose 1-2 % and the
-# backward's grow (docs/kernels.md).
-_TMA_LOAD_HEAD_DIMS = (128,)
+# Head dims at which the kernels read their per-tile operands by TMA, per direction. At 128, offline
+# (Triton 3.6, sm_90), the loops lose 7-14 % of their instructions per tile (threshold launch: dense
+# pass 626 -> 540, refinement 527 -> 463; output pass 539 -> 479; dQ 504 -> 470; dK/dV 609 -> 557)
+# and the spills shrink (threshold launch 40 -> 8 bytes, dK/dV 88 -> 24); on the H200 all kernels
+# took 3-6 % less time (docs/benchmarks.md section 1m). At 64 the forward's loops lose 1-3 % and
+# the backward's grow (dQ 422 -> 431, dK/dV 504 -> 515; docs/kernels.md).
+_TMA_LOAD_HEAD_DIMS = {"forward": (64, 128), "backward": (128,)}
 
 
-def _uses_tma_loads(head_dim: int, device: torch.device) -> bool:
-    """Whether the kernels read their per-tile operands by TMA (_load_head_tile): compiled for
-    Hopper or newer, at the head dims of _TMA_LOAD_HEAD_DIMS."""
-    return (device.type == "cuda" and not is_interpreting() and head_dim in _TMA_LOAD_HEAD_DIMS
+def _uses_tma_loads(head_dim: int, device: torch.device, direction: str) -> bool:
+    """Whether the forward's or the backward's kernels (`direction`) read their per-tile operands
+    by TMA (_load_head_tile): compiled for Hopper or newer, at the head dims of _TMA_LOAD_HEAD_DIMS."""
+    return (device.type == "cuda" and not is_interpreting() and head_dim in _TMA_LOAD_HEAD_DIMS[direction]
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
-def _reads_by_tma(config: _LaunchConfig, *tensors: torch.Tensor) -> bool:
+def _reads_by_tma(wanted: bool, *tensors: torch.Tensor) -> bool:
     """Whether a launch reads its tiles through descriptors (the TMA constexpr): where the config
-    asks for it and every tensor starts 16-byte aligned, as a descriptor's base must (a view that
-    starts mid-row is read by pointers)."""
-    return config.tma_loads and all(t.data_ptr() % 16 == 0 for t in tensors)
+    wants it (tma_forward, tma_backward) and every tensor starts 16-byte aligned, as a descriptor's
+    base must (a view that starts mid-row is read by pointers)."""
+    return wanted and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def _head_rows_source(t: torch.Tensor, block_rows: int, tma: bool):
@@ -1358,7 +1360,7 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     kv_heads = k.shape[1]
     n_q_tiles, n_k_tiles = tile_mask.shape[1], tile_mask.shape[2]
     device = q.device
-    tma = _reads_by_tma(config, q, k, v, grad_out)
+    tma = _reads_by_tma(config.tma_backward, q, k, v, grad_out)
     common = dict(H=heads, GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m,
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
                   ALPHA_MODE=_tau.alpha_mode(config.alpha), DOT_PRECISION=_dot_precision(q.dtype),
@@ -1460,7 +1462,8 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     config = _LaunchConfig(alpha=alpha, causal=causal, scale=float(scale), n_iter=n_iter, block_m=block_m,
                            block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                            fused_output=_fuses_output(alpha, head_dim, n_iter) and not return_stats,
-                           tma_loads=_uses_tma_loads(head_dim, q.device))
+                           tma_forward=_uses_tma_loads(head_dim, q.device, "forward"),
+                           tma_backward=_uses_tma_loads(head_dim, q.device, "backward"))
 
     batch, heads, seq_len, _ = q.shape
     _check_grid(batch * heads, seq_len, block_m)
