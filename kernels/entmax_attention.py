@@ -1069,11 +1069,9 @@ class _LaunchConfig:
     # Whether the output launch runs the second refinement pass and gathers the output with it
     # (_final_pass); off where the stats must be exact and where it does not apply (_fuses_output).
     fused_output: bool = False
-    # Whether the forward's kernels (K and V) and the backward's (K and V in the dQ kernel, Q and dO
-    # in the dK/dV kernel) read their per-tile operands through tensor descriptors (_load_head_tile,
-    # _uses_tma_loads).
-    tma_forward: bool = False
-    tma_backward: bool = False
+    # The kernels ("forward", "bwd_dq", "bwd_dkdv") that read their per-tile operands through tensor
+    # descriptors (_load_head_tile, _uses_tma_loads).
+    tma_loads: frozenset = frozenset()
 
     @property
     def z_scale(self) -> float:
@@ -1298,7 +1296,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
         # the threshold launch is done, and the launches run in order on one stream.
         tile_gap = tile_reach.view(torch.int32)
     grid = (batch * heads, n_q_tiles)
-    tma = _reads_by_tma(config.tma_forward, k, v)  # the forward reads K and V by descriptors, Q by pointers
+    tma = _reads_by_tma(config, "forward", k, v)  # the forward reads K and V by descriptors, Q by pointers
     k_source, v_source = _head_rows_source(k, config.block_n, tma), _head_rows_source(v, config.block_n, tma)
     common = dict(H=heads, GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                   CAUSAL=config.causal, HAS_DOCS=has_docs, ALPHA_MODE=_tau.alpha_mode(config.alpha),
@@ -1320,27 +1318,27 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
-# Head dims at which the kernels read their per-tile operands by TMA, per direction. At 128, offline
-# (Triton 3.6, sm_90), the loops lose 7-14 % of their instructions per tile (threshold launch: dense
-# pass 626 -> 540, refinement 527 -> 463; output pass 539 -> 479; dQ 504 -> 470; dK/dV 609 -> 557)
-# and the spills shrink (threshold launch 40 -> 8 bytes, dK/dV 88 -> 24); on the H200 all kernels
-# took 3-6 % less time (docs/benchmarks.md section 1m). At 64 the forward's loops lose 1-3 % and
-# the backward's grow (dQ 422 -> 431, dK/dV 504 -> 515; docs/kernels.md).
-_TMA_LOAD_HEAD_DIMS = {"forward": (64, 128), "backward": (128,)}
+# The head dims at which each kernel reads its per-tile operands by TMA ("forward": both forward
+# launches, K and V; "bwd_dq": K and V; "bwd_dkdv": Q and dO). H200, per kernel (docs/benchmarks.md
+# section 1m): at 128 all four are faster (threshold launch -1 to -5 %, output -7 to -11 %, dQ -7 to
+# -10 %, dK/dV -1 to -2 %; offline the threshold launch's spill fell from 40 to 8 bytes and the
+# dK/dV kernel's from 88 to 24); at 64 the threshold launch -3 to -5 %, output -5 to -9 %, dQ -8 to
+# -10 %, but the dK/dV kernel +3 to +5 %, so it keeps its pointers there.
+_TMA_LOAD_HEAD_DIMS = {"forward": (64, 128), "bwd_dq": (64, 128), "bwd_dkdv": (128,)}
 
 
-def _uses_tma_loads(head_dim: int, device: torch.device, direction: str) -> bool:
-    """Whether the forward's or the backward's kernels (`direction`) read their per-tile operands
-    by TMA (_load_head_tile): compiled for Hopper or newer, at the head dims of _TMA_LOAD_HEAD_DIMS."""
-    return (device.type == "cuda" and not is_interpreting() and head_dim in _TMA_LOAD_HEAD_DIMS[direction]
+def _uses_tma_loads(head_dim: int, device: torch.device, kernel: str) -> bool:
+    """Whether `kernel` (a key of _TMA_LOAD_HEAD_DIMS) reads its per-tile operands by TMA
+    (_load_head_tile): compiled for Hopper or newer, at the head dims _TMA_LOAD_HEAD_DIMS gives it."""
+    return (device.type == "cuda" and not is_interpreting() and head_dim in _TMA_LOAD_HEAD_DIMS[kernel]
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
-def _reads_by_tma(wanted: bool, *tensors: torch.Tensor) -> bool:
-    """Whether a launch reads its tiles through descriptors (the TMA constexpr): where the config
-    wants it (tma_forward, tma_backward) and every tensor starts 16-byte aligned, as a descriptor's
-    base must (a view that starts mid-row is read by pointers)."""
-    return wanted and all(t.data_ptr() % 16 == 0 for t in tensors)
+def _reads_by_tma(config: _LaunchConfig, kernel: str, *tensors: torch.Tensor) -> bool:
+    """Whether `kernel` reads `tensors` through descriptors (its TMA constexpr): where the config
+    asks for it and every tensor starts 16-byte aligned, as a descriptor's base must (a view that
+    starts mid-row is read by pointers)."""
+    return kernel in config.tma_loads and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def _head_rows_source(t: torch.Tensor, block_rows: int, tma: bool):
@@ -1360,19 +1358,19 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     kv_heads = k.shape[1]
     n_q_tiles, n_k_tiles = tile_mask.shape[1], tile_mask.shape[2]
     device = q.device
-    tma = _reads_by_tma(config.tma_backward, q, k, v, grad_out)
     common = dict(H=heads, GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m,
                   BLOCK_N=config.block_n, CAUSAL=config.causal, HAS_DOCS=has_docs,
                   ALPHA_MODE=_tau.alpha_mode(config.alpha), DOT_PRECISION=_dot_precision(q.dtype),
-                  TMA=tma, num_warps=config.num_warps, num_stages=config.num_stages)
+                  num_warps=config.num_warps, num_stages=config.num_stages)
 
     dq = torch.empty_like(q)
     tau_delta = torch.empty((batch * heads, seq_len, 2), device=device, dtype=torch.float32)
+    tma = _reads_by_tma(config, "bwd_dq", k, v)
     _entmax_attention_bwd_dq_kernel[(batch * heads, n_q_tiles)](
         q, _head_rows_source(k, config.block_n, tma), _head_rows_source(v, config.block_n, tma), grad_out, obar, dq,
         tau_delta, tau, doc_ids, tile_list, nonzero_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
-        **{**common, **_launch_options("bwd_dq", head_dim)})
+        TMA=tma, **{**common, **_launch_options("bwd_dq", head_dim)})
 
     key_tile_list = torch.empty((batch * heads, n_k_tiles, n_q_tiles), device=device, dtype=torch.int32)
     key_tile_count = torch.empty((batch * heads, n_k_tiles), device=device, dtype=torch.int32)
@@ -1381,11 +1379,12 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
 
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
+    tma = _reads_by_tma(config, "bwd_dkdv", q, grad_out)
     _entmax_attention_bwd_dkdv_kernel[(n_k_tiles, batch * kv_heads)](
         _head_rows_source(q, config.block_m, tma), k, v, _head_rows_source(grad_out, config.block_m, tma), dk, dv,
         tau_delta, doc_ids, key_tile_list, key_tile_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
-        **{**common, **_launch_options("bwd_dkdv", head_dim)})
+        TMA=tma, **{**common, **_launch_options("bwd_dkdv", head_dim)})
     return dq, dk, dv
 
 
@@ -1462,8 +1461,8 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     config = _LaunchConfig(alpha=alpha, causal=causal, scale=float(scale), n_iter=n_iter, block_m=block_m,
                            block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                            fused_output=_fuses_output(alpha, head_dim, n_iter) and not return_stats,
-                           tma_forward=_uses_tma_loads(head_dim, q.device, "forward"),
-                           tma_backward=_uses_tma_loads(head_dim, q.device, "backward"))
+                           tma_loads=frozenset(kernel for kernel in _TMA_LOAD_HEAD_DIMS
+                                               if _uses_tma_loads(head_dim, q.device, kernel)))
 
     batch, heads, seq_len, _ = q.shape
     _check_grid(batch * heads, seq_len, block_m)

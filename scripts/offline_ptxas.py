@@ -109,7 +109,7 @@ def backward_kernel(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True
     if kernel not in BACKWARD_KERNELS:
         raise ValueError(f"kernel must be one of {BACKWARD_KERNELS}, got {kernel!r}")
     block_m, block_n, num_warps, num_stages = entmax_attention._default_tiles(head_dim, torch.device("cuda"))
-    tma = head_dim in entmax_attention._TMA_LOAD_HEAD_DIMS["backward"]
+    tma = head_dim in entmax_attention._TMA_LOAD_HEAD_DIMS[kernel]
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16),
                      TMA=tma)

@@ -336,7 +336,7 @@ def test_tma_loads_match_pointer_loads(gen, monkeypatch, causal, with_docs):
     monkeypatch.setattr(attention_module, "_head_rows_source", recorded_source)
     results = []
     for tma in (False, True):
-        monkeypatch.setattr(attention_module, "_uses_tma_loads", lambda head_dim, device, direction, tma=tma: tma)
+        monkeypatch.setattr(attention_module, "_uses_tma_loads", lambda head_dim, device, kernel, tma=tma: tma)
         out = kernels.entmax_attention(q, k, v, causal=causal, doc_ids=doc_ids, block_sizes=(32, 32))
         results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
     # Per run: k and v for the forward, k and v for the dQ kernel, q and dO for the dK/dV kernel.
@@ -348,16 +348,15 @@ def test_tma_loads_match_pointer_loads(gen, monkeypatch, causal, with_docs):
         assert rel_error(by_descriptor, by_pointer) <= 1e-6, name
 
 
-def test_tma_loads_only_on_hopper_forward_at_64_and_128_backward_at_128():
-    for direction in ("forward", "backward"):
-        assert not attention_module._uses_tma_loads(128, torch.device("cpu"), direction)
+def test_tma_loads_only_on_hopper_and_not_in_the_dkdv_kernel_at_head_dim_64():
+    uses = attention_module._uses_tma_loads
+    for kernel in ("forward", "bwd_dq", "bwd_dkdv"):
+        assert not uses(128, torch.device("cpu"), kernel)
     if torch.cuda.is_available() and not attention_module.is_interpreting():
         hopper = torch.cuda.get_device_capability()[0] >= 9
-        assert attention_module._uses_tma_loads(128, torch.device("cuda"), "forward") == hopper
-        assert attention_module._uses_tma_loads(128, torch.device("cuda"), "backward") == hopper
-        assert attention_module._uses_tma_loads(64, torch.device("cuda"), "forward") == hopper
-        assert not attention_module._uses_tma_loads(64, torch.device("cuda"), "backward")
-        assert not attention_module._uses_tma_loads(32, torch.device("cuda"), "forward")
+        assert {(d, k) for d in (32, 64, 128) for k in ("forward", "bwd_dq", "bwd_dkdv")
+                if uses(d, torch.device("cuda"), k)} == ({(64, "forward"), (64, "bwd_dq"), (128, "forward"),
+                                                           (128, "bwd_dq"), (128, "bwd_dkdv")} if hopper else set())
 
 
 def test_threshold_launch_register_cap_only_where_it_applies():
