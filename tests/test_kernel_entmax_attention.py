@@ -319,33 +319,42 @@ def test_seed_start_tied_keys_sum_to_one(gen, block):
 
 @pytest.mark.parametrize("causal,with_docs", [(True, False), (False, True)])
 def test_tma_loads_match_pointer_loads(gen, monkeypatch, causal, with_docs):
-    """Tiles read through tensor descriptors (_load_head_tile; by default only on Hopper at head
-    dim 128) give the same output and gradients as the pointer loads: two batches, grouped query
-    heads (each kv head read by two query heads), a length that ends mid-tile (rows past N must
-    come back as zero) and, without causality, packed documents."""
+    """Tiles read through tensor descriptors (_load_head_tile; by default on Hopper, in the kernels
+    _TMA_LOAD_HEAD_DIMS names for the head dim) give the same output and gradients as the pointer
+    loads: two batches, grouped query heads (each kv head read by two query heads), a length that
+    ends mid-tile (rows past N must come back as zero) and, without causality, packed documents.
+    Runs with no kernel and with each single kernel on descriptors, so that each kernel's
+    switch is seen to reach that kernel and no other."""
     q, k, v = make_qkv(gen, 2, 4, 2, 100, 32, q_scale=2.0)
     doc_ids = random_doc_ids(gen, 2, 100) if with_docs else None
     grad_out = torch.randn(q.shape, generator=gen).to(DEVICE)
-    sources = []
     head_rows_source = attention_module._head_rows_source
+    kernel_names = ("forward", "bwd_dq", "bwd_dkdv")
+    results, sources = {}, []
 
     def recorded_source(t, block_rows, tma):
         sources.append(type(head_rows_source(t, block_rows, tma)).__name__)
         return head_rows_source(t, block_rows, tma)
 
     monkeypatch.setattr(attention_module, "_head_rows_source", recorded_source)
-    results = []
-    for tma in (False, True):
-        monkeypatch.setattr(attention_module, "_uses_tma_loads", lambda head_dim, device, kernel, tma=tma: tma)
+    for by_descriptor in ((), *((name,) for name in kernel_names)):
+        monkeypatch.setattr(attention_module, "_uses_tma_loads",
+                            lambda head_dim, device, kernel, chosen=by_descriptor: kernel in chosen)
+        sources.clear()
         out = kernels.entmax_attention(q, k, v, causal=causal, doc_ids=doc_ids, block_sizes=(32, 32))
-        results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
-    # Per run: k and v for the forward, k and v for the dQ kernel, q and dO for the dK/dV kernel.
-    assert sources == ["Tensor"] * 6 + ["TensorDescriptor"] * 6, "the second run should read by descriptors"
-    for name, by_pointer, by_descriptor in zip(("out", "dq", "dk", "dv"), *results):
-        assert torch.isfinite(by_descriptor).all(), name
-        # The same operands into the same products: equal under the interpreter; compiled, the two
-        # builds may schedule the products' sums differently.
-        assert rel_error(by_descriptor, by_pointer) <= 1e-6, name
+        results[by_descriptor] = (out, *torch.autograd.grad(out, (q, k, v), grad_out))
+        # In launch order, two tensors each: K and V for the forward, K and V for the dQ kernel,
+        # Q and dO for the dK/dV kernel.
+        expected = [kind for name in kernel_names
+                    for kind in 2 * ["TensorDescriptor" if name in by_descriptor else "Tensor"]]
+        assert sources == expected, by_descriptor
+    by_pointer = results.pop(())
+    for by_descriptor, result in results.items():
+        for name, pointer_value, descriptor_value in zip(("out", "dq", "dk", "dv"), by_pointer, result):
+            assert torch.isfinite(descriptor_value).all(), (by_descriptor, name)
+            # The same operands into the same products: equal under the interpreter; compiled, the
+            # builds may schedule the products' sums differently.
+            assert rel_error(descriptor_value, pointer_value) <= 1e-6, (by_descriptor, name)
 
 
 def test_tma_loads_only_on_hopper_and_not_in_the_dkdv_kernel_at_head_dim_64():
