@@ -123,8 +123,8 @@ def _compile(kernel: str, constants: dict, num_warps: int, num_stages: int, max_
     """Build `_entmax_attention_<kernel>_kernel` for sm_90 with these constexprs, the common warps
     and stages overridden where the library's launch does (`_launch_options`), and ptxas's register
     cap, if any: Triton's compiled kernel, whose .asm["ptx"] is the PTX and .metadata.shared the
-    shared memory one program takes. `descriptors` names the arguments that are bf16 tensor
-    descriptors, with their boxes' row counts."""
+    shared memory one program takes. `descriptors` names the arguments that are tensor
+    descriptors (of their pointer's element type), with their boxes' row counts."""
     if entmax_attention.is_interpreting():
         raise RuntimeError("offline_ptxas compiles the kernels: unset TRITON_INTERPRET (the interpreter was on "
                            "when kernels was imported)")
