@@ -1100,15 +1100,16 @@ def require_runnable_device(device: torch.device, caller: str) -> None:
     )
 
 
-def _tau_launch_options(config: _LaunchConfig, head_dim: int) -> dict:
+def _tau_launch_options(config: _LaunchConfig, head_dim: int, dtype: torch.dtype) -> dict:
     """The threshold launch's register cap (ptxas's maxnreg) and stages where they apply, else {}.
 
-    Both are for alpha = 1.5 with the seed start and 64 x 64 tiles with 4 warps, where four
-    programs per multiprocessor fit under the cap: at head dim 64 with the fused final pass
-    (measured, H200), and at head dim 128, whose launch runs every refinement pass, with 2 stages
-    so that four programs also fit in shared memory (49 KiB each instead of 64; measured, H200:
-    the launch 2-6 % faster, 2 bytes spilled, docs/benchmarks.md section 1l)."""
-    seeded_tiles = (_starts_from_seeds(config.alpha)
+    Both are for bf16 or fp16 inputs, alpha = 1.5 with the seed start and 64 x 64 tiles with 4
+    warps, where four programs per multiprocessor fit under the cap: at head dim 64 with the fused
+    final pass (measured, H200), and at head dim 128, whose launch runs every refinement pass, with
+    2 stages so that four programs also fit in shared memory (49 KiB each instead of 64; measured,
+    H200: the launch 2-6 % faster, 2 bytes spilled, docs/benchmarks.md section 1l). fp32 tiles do
+    not fit the cap: on an H200 the capped launch spilled 796 bytes at head dim 64 and 1436 at 128."""
+    seeded_tiles = (_starts_from_seeds(config.alpha) and dtype.itemsize == 2
                     and (config.block_m, config.block_n, config.num_warps) == (64, 64, 4))
     if seeded_tiles and head_dim == 64 and config.fused_output:
         return {"maxnreg": _TAU_LAUNCH_MAX_REGISTERS}
@@ -1304,7 +1305,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
                   TMA=tma, num_warps=config.num_warps, num_stages=config.num_stages)
     stop_residual = _tau.stop_residual(config.alpha, q.dtype != torch.float32)
     n_rows_total = batch * heads * seq_len
-    tau_options = {} if is_interpreting() else _tau_launch_options(config, head_dim)
+    tau_options = {} if is_interpreting() else _tau_launch_options(config, head_dim, q.dtype)
     _entmax_attention_tau_kernel[grid](
         q, k_source, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state,
         converged, config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles,

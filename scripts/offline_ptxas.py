@@ -91,7 +91,7 @@ def forward_kernel(head_dim: int, n_iter: int, causal: bool = True, kernel: str 
         config = entmax_attention._LaunchConfig(alpha=1.5, causal=causal, scale=head_dim ** -0.5, n_iter=n_iter,
                                                 block_m=block_m, block_n=block_n, num_warps=num_warps,
                                                 num_stages=num_stages, fused_output=fused_output)
-        options = entmax_attention._tau_launch_options(config, head_dim)
+        options = entmax_attention._tau_launch_options(config, head_dim, torch.bfloat16)
     # With TMA, K and V are tensor descriptors of [heads, N, head_dim] with one key tile per box.
     descriptors = {"K": block_n, "V": block_n} if tma else {}
     return _compile(kernel, constants, num_warps, options.get("num_stages", num_stages), options.get("maxnreg"),

@@ -370,14 +370,14 @@ def test_tma_loads_only_on_hopper_and_not_in_the_dkdv_kernel_at_head_dim_64():
 
 def test_threshold_launch_register_cap_only_where_it_applies():
     """The threshold launch's register cap (four programs per multiprocessor) applies only with
-    alpha 1.5 (seed start), 64 x 64 tiles and 4 warps: at head dim 64 with the fused final pass,
+    two-byte inputs, alpha 1.5 (seed start), 64 x 64 tiles and 4 warps: at head dim 64 with the fused final pass,
     and at head dim 128 (plain passes) together with 2 stages, so that four programs also fit in
     shared memory."""
-    def options(alpha=1.5, head_dim=64, fused_output=True, block=64, num_warps=4):
+    def options(alpha=1.5, head_dim=64, fused_output=True, block=64, num_warps=4, dtype=torch.bfloat16):
         config = attention_module._LaunchConfig(alpha=alpha, causal=True, scale=0.125, n_iter=4, block_m=block,
                                                 block_n=block, num_warps=num_warps, num_stages=3,
                                                 fused_output=fused_output)
-        return attention_module._tau_launch_options(config, head_dim)
+        return attention_module._tau_launch_options(config, head_dim, dtype)
 
     cap = attention_module._TAU_LAUNCH_MAX_REGISTERS
     assert cap == 128
@@ -393,6 +393,10 @@ def test_threshold_launch_register_cap_only_where_it_applies():
     assert options(block=32) == {}
     assert options(head_dim=128, fused_output=False, block=32) == {}
     assert options(num_warps=8) == {}
+    assert options(dtype=torch.float16) == {"maxnreg": cap}
+    assert options(head_dim=128, fused_output=False, dtype=torch.float16) == {"maxnreg": cap, "num_stages": 2}
+    assert options(dtype=torch.float32) == {}
+    assert options(head_dim=128, fused_output=False, dtype=torch.float32) == {}
 
 
 def test_document_ids_beyond_int32(gen):
