@@ -580,11 +580,16 @@ def _store_outputs(Out_head, Obar_head, rows, N, out, g_values, g_sum, HEAD_DIM:
 
 
 @triton.jit
-def _mark_tiles(TileList_row, TileMask_row, n_list, CHUNK: tl.constexpr):
-    """Set the dense tile mask (read by the backward's key-tile lists) for every listed tile, after
-    the output loop rather than inside it: offline, ptxas then no longer warns that the loop's
-    matrix products are serialized (C7515; no timing change was measured, docs/kernels.md)."""
-    tl.debug_barrier()  # list entries were stored by whichever thread held them
+def _mark_tiles(TileList_row, TileMask_row, n_list, n_k_tiles, CHUNK: tl.constexpr):
+    """Write this query tile's row of the dense tile mask (read by the backward's key-tile lists):
+    1 for every listed tile, 0 elsewhere. The whole row is written here, so the mask is allocated
+    without a fill (one launch fewer per call). After the output loop rather than inside it:
+    offline, ptxas then no longer warns that the loop's matrix products are serialized (C7515; no
+    timing change was measured, docs/kernels.md)."""
+    for chunk_begin in range(0, n_k_tiles, CHUNK):
+        kts = chunk_begin + tl.arange(0, CHUNK)
+        tl.store(TileMask_row + kts, tl.zeros([CHUNK], tl.int8), mask=kts < n_k_tiles)
+    tl.debug_barrier()  # list entries were stored by whichever thread held them; so were the zeros
     for chunk_begin in range(0, n_list, CHUNK):
         slots = chunk_begin + tl.arange(0, CHUNK)
         in_list = slots < n_list
@@ -906,7 +911,7 @@ def _entmax_attention_output_kernel(
                                                        CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_M, BLOCK_N, ALPHA_MODE, CHUNK,
                                                        DOT_PRECISION, TMA)
         _store_outputs(Out + head_offset, Obar + head_offset, rows, N, out, g_values, g_sum, HEAD_DIM)
-    _mark_tiles(TileList_row, TileMask + table_row * n_k_tiles, n_nonzero, CHUNK)
+    _mark_tiles(TileList_row, TileMask + table_row * n_k_tiles, n_nonzero, n_k_tiles, CHUNK)
     tl.store(NonzeroCount + table_row, n_nonzero)
 
 
@@ -1280,7 +1285,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     # Per key tile, how far its scores reach above the rows' references (_tile_gap).
     tile_reach = torch.empty(table, device=device, dtype=torch.float32)
     tile_list = torch.empty(table, device=device, dtype=torch.int32)
-    tile_mask = torch.zeros(table, device=device, dtype=torch.int8)
+    tile_mask = torch.empty(table, device=device, dtype=torch.int8)  # every row written by _mark_tiles
     nonzero_count = torch.empty(table[:2], device=device, dtype=torch.int32)
     allowed_count = torch.empty(table[:2], device=device, dtype=torch.int32)
 
@@ -1407,10 +1412,14 @@ class _EntmaxAttentionFunction(torch.autograd.Function):
         ctx.config = config
         ctx.has_docs = doc_start is not None
         ctx.mark_non_differentiable(nonzero_count, allowed_count)
+        # No zero gradients built for the two counts (each a fill launch in every backward).
+        ctx.set_materialize_grads(False)
         return out, nonzero_count, allowed_count
 
     @staticmethod
     def backward(ctx, grad_out, _grad_nonzero, _grad_allowed):
+        if grad_out is None:  # only reachable through the counts, which have no gradient
+            return None, None, None, None, None, None, None
         q, k, v, obar, doc_ids, tau, tile_list, tile_mask, nonzero_count = ctx.saved_tensors
         dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, obar, doc_ids, ctx.has_docs, tau, tile_list,
                                tile_mask, nonzero_count, ctx.config)
@@ -1468,8 +1477,9 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
     batch, heads, seq_len, _ = q.shape
     _check_grid(batch * heads, seq_len, block_m)
     if doc_ids is None:
-        # Never read (HAS_DOCS is off), but a kernel pointer argument must point at memory.
-        placeholder = torch.zeros(1, device=q.device, dtype=torch.int32)
+        # Never read (HAS_DOCS is off), but a kernel pointer argument must point at memory; empty,
+        # so that no fill launch is issued for it.
+        placeholder = torch.empty(1, device=q.device, dtype=torch.int32)
         doc_ids, doc_start, doc_end = placeholder, None, None
     else:
         doc_ids = _check_doc_ids(doc_ids, batch, seq_len, q.device)

@@ -471,6 +471,37 @@ def test_block_sparsity_matches_reference(gen, causal, with_docs):
     assert (stats["block_m"], stats["block_n"]) == (16, 16)
 
 
+@pytest.mark.parametrize("causal,with_docs", [(True, False), (False, True)])
+def test_tile_mask_is_written_whole_from_poisoned_memory(gen, monkeypatch, causal, with_docs):
+    """The dense tile mask (the backward's key-tile lists read it) is allocated without a fill: the
+    output launch writes each query tile's whole row (_mark_tiles). With its memory poisoned, it
+    must still equal the reference's non-zero tiles exactly (the plain passes list exactly those)."""
+    q, k, v = local_qkv(gen, 1, 2, 160, 32, sharpness=2.0)
+    doc_ids = random_doc_ids(gen, 1, 160) if with_docs else None
+    empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(7) if t.dtype == torch.int8 else t
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    config = attention_module._LaunchConfig(alpha=1.5, causal=causal, scale=32 ** -0.5,
+                                            n_iter=attention_module.default_n_iter(1.5), block_m=16, block_n=16,
+                                            num_warps=4, num_stages=1)
+    if with_docs:
+        ids = doc_ids.to(DEVICE, torch.int32)
+        doc_start = torch.searchsorted(ids, ids, right=False).to(torch.int32)
+        doc_end = torch.searchsorted(ids, ids, right=True).to(torch.int32)
+    else:
+        ids, doc_start, doc_end = empty(1, dtype=torch.int32, device=DEVICE), None, None
+    with torch.no_grad():
+        *_, tile_mask, _, _ = attention_module._forward(q, k, v, ids, doc_start, doc_end, config)
+        probs = reference.entmax_attention_probs(q.double(), k.double(), causal=causal, doc_ids=doc_ids)
+    expected = (probs.view(2, 10, 16, 10, 16) > 0).any(dim=4).any(dim=2).to(torch.int8)
+    assert 0 < expected.sum() < expected.numel(), "inputs should be partly block-sparse"
+    assert torch.equal(tile_mask.cpu(), expected.cpu())
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.75])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
 def test_probabilities_sum_to_one(gen, alpha, dtype, tol):
