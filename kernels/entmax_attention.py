@@ -1418,7 +1418,7 @@ class _EntmaxAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_nonzero, _grad_allowed):
-        if grad_out is None:  # only reachable through the counts, which have no gradient
+        if grad_out is None:  # out's gradient is undefined (e.g. a Function downstream returned None)
             return None, None, None, None, None, None, None
         q, k, v, obar, doc_ids, tau, tile_list, tile_mask, nonzero_count = ctx.saved_tensors
         dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, obar, doc_ids, ctx.has_docs, tau, tile_list,

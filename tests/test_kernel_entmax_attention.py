@@ -471,11 +471,13 @@ def test_block_sparsity_matches_reference(gen, causal, with_docs):
     assert (stats["block_m"], stats["block_n"]) == (16, 16)
 
 
-@pytest.mark.parametrize("causal,with_docs", [(True, False), (False, True)])
-def test_tile_mask_is_written_whole_from_poisoned_memory(gen, monkeypatch, causal, with_docs):
+@pytest.mark.parametrize("causal,with_docs,fused", [(True, False, False), (False, True, False), (True, False, True)])
+def test_tile_mask_is_written_whole_from_poisoned_memory(gen, monkeypatch, causal, with_docs, fused):
     """The dense tile mask (the backward's key-tile lists read it) is allocated without a fill: the
-    output launch writes each query tile's whole row (_mark_tiles). With its memory poisoned, it
-    must still equal the reference's non-zero tiles exactly (the plain passes list exactly those)."""
+    output launch writes each query tile's whole row (_mark_tiles), here over several chunks of 4
+    tiles. With its memory poisoned, the plain passes' mask must equal the reference's non-zero
+    tiles exactly (they list exactly those); the fused final pass's mask must be its list (a
+    superset of them, which the backward visits)."""
     q, k, v = local_qkv(gen, 1, 2, 160, 32, sharpness=2.0)
     doc_ids = random_doc_ids(gen, 1, 160) if with_docs else None
     empty = torch.empty
@@ -485,9 +487,10 @@ def test_tile_mask_is_written_whole_from_poisoned_memory(gen, monkeypatch, causa
         return t.fill_(7) if t.dtype == torch.int8 else t
 
     monkeypatch.setattr(torch, "empty", poisoned_empty)
+    monkeypatch.setattr(attention_module, "_COMPACTION_CHUNK", 4)  # 10 key tiles: three chunks per row
     config = attention_module._LaunchConfig(alpha=1.5, causal=causal, scale=32 ** -0.5,
-                                            n_iter=attention_module.default_n_iter(1.5), block_m=16, block_n=16,
-                                            num_warps=4, num_stages=1)
+                                            n_iter=2 if fused else attention_module.default_n_iter(1.5),
+                                            block_m=16, block_n=16, num_warps=4, num_stages=1, fused_output=fused)
     if with_docs:
         ids = doc_ids.to(DEVICE, torch.int32)
         doc_start = torch.searchsorted(ids, ids, right=False).to(torch.int32)
@@ -495,11 +498,21 @@ def test_tile_mask_is_written_whole_from_poisoned_memory(gen, monkeypatch, causa
     else:
         ids, doc_start, doc_end = empty(1, dtype=torch.int32, device=DEVICE), None, None
     with torch.no_grad():
-        *_, tile_mask, _, _ = attention_module._forward(q, k, v, ids, doc_start, doc_end, config)
+        _, _, _, tile_list, tile_mask, nonzero_count, _ = attention_module._forward(q, k, v, ids, doc_start, doc_end,
+                                                                                   config)
         probs = reference.entmax_attention_probs(q.double(), k.double(), causal=causal, doc_ids=doc_ids)
-    expected = (probs.view(2, 10, 16, 10, 16) > 0).any(dim=4).any(dim=2).to(torch.int8)
-    assert 0 < expected.sum() < expected.numel(), "inputs should be partly block-sparse"
-    assert torch.equal(tile_mask.cpu(), expected.cpu())
+    nonzero = (probs.view(2, 10, 16, 10, 16) > 0).any(dim=4).any(dim=2).to(torch.int8).cpu()
+    assert 0 < nonzero.sum() < nonzero.numel(), "inputs should be partly block-sparse"
+    tile_mask, tile_list, nonzero_count = tile_mask.cpu(), tile_list.cpu(), nonzero_count.cpu()
+    listed = torch.zeros_like(tile_mask)
+    for head in range(2):
+        for qt in range(10):
+            listed[head, qt, tile_list[head, qt, :nonzero_count[head, qt]].long()] = 1
+    assert torch.equal(tile_mask, listed)
+    if fused:
+        assert bool((tile_mask >= nonzero).all()) and tile_mask.sum() >= nonzero.sum()
+    else:
+        assert torch.equal(tile_mask, nonzero)
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.75])
