@@ -514,9 +514,17 @@ def environment() -> dict:
 
 
 def write_json(rows: list[BenchRow], path: str | Path, meta: dict) -> None:
+    save_json({"meta": meta, "rows": [asdict(r) for r in rows]}, path, indent=2)
+
+
+def save_json(data: dict, path: str | Path, indent: int = 1) -> None:
+    """Write through a temporary file and a rename, so that a process killed while writing (a
+    time limit cutting a run that saves after every case) leaves the previous version whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=indent))
+    partial.replace(path)
 
 
 def read_json(paths) -> tuple[list[BenchRow], list[dict]]:
@@ -733,9 +741,21 @@ def main(argv=None) -> list[BenchRow]:
                             "decode_queries": args.decode, "timing": args.timing}
     print(f"# attention benchmark on {meta['device']} (torch {meta['torch']}, triton {meta.get('triton')}), "
           f"timing: {args.timing}")
+    rows = measure_cases(args, methods, ours, meta)
+    print(format_table(rows))
+    if args.plot:
+        plot_rows(rows, args.plot, title=meta["device"])
+    return rows
+
+
+def measure_cases(args, methods: dict, ours, meta: dict, device: str = "cuda") -> list[BenchRow]:
+    """Every case's rows with their ratios. With --json the file is rewritten after each case
+    (meta "complete": false until the last), so a run cut short by a time limit keeps the
+    cases it finished."""
+    decode = args.decode is not None
     rows = []
     for label, n, d, q, k, v in _cases(args):
-        q, k, v = (t.to("cuda", torch.bfloat16).contiguous() for t in (q, k, v))
+        q, k, v = (t.to(device, torch.bfloat16).contiguous() for t in (q, k, v))
         if decode:
             # the last queries against every key; causal block sparsity does not apply
             q, sparsity, label = q[:, :, -args.decode:].contiguous(), (None, ""), f"{label}, decode {args.decode}q"
@@ -748,13 +768,14 @@ def main(argv=None) -> list[BenchRow]:
                   f"fwd+bwd {_fmt(row.fwd_bwd_ms, '.3f')} ms {row.note}", flush=True)
         rows.extend(case_rows)
         del q, k, v
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        if args.json:
+            add_ratios(rows)
+            write_json(rows, args.json, meta | {"complete": False})
     add_ratios(rows)
-    print(format_table(rows))
     if args.json:
-        write_json(rows, args.json, meta)
-    if args.plot:
-        plot_rows(rows, args.plot, title=meta["device"])
+        write_json(rows, args.json, meta | {"complete": True})
     return rows
 
 

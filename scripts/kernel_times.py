@@ -140,6 +140,20 @@ def main(argv=None) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("kernel_times profiles CUDA kernels and needs a GPU; --from-json tabulates saved runs "
                          "on any machine")
+    cases = profile_cases(args)
+    compiled = compiled_kernels(sys.modules["kernels.entmax_attention"]) if "ours" in args.methods else []
+    for info in compiled:
+        print(f"   [{info['kernel']}] {info['registers']} registers, {info['spills']} B spilled, "
+              f"{info['shared']} B shared, {info['warps']} warps")
+    if args.json:
+        save_run(args.json, cases, compiled, complete=True)
+    return cases
+
+
+def profile_cases(args) -> list[dict]:
+    """Every (N, head dim, regime, method) case profiled. With --json the file is rewritten after
+    each case (complete: false, no compiled kernels yet), so a run cut short by a time limit keeps
+    the cases it finished."""
     cases = []
     for n in args.seqlens:
         for d in args.head_dims:
@@ -148,14 +162,14 @@ def main(argv=None) -> list[dict]:
                     case = profile_case(method, n, d, regime, args.calls, args.warmup)
                     cases.append(case)
                     print(format_case(case), flush=True)
-    compiled = compiled_kernels(sys.modules["kernels.entmax_attention"]) if "ours" in args.methods else []
-    for info in compiled:
-        print(f"   [{info['kernel']}] {info['registers']} registers, {info['spills']} B spilled, "
-              f"{info['shared']} B shared, {info['warps']} warps")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"cases": cases, "compiled": compiled,
-                                               "environment": bench_attention.environment()}, indent=1))
+                    if args.json:
+                        save_run(args.json, cases, [], complete=False)
     return cases
+
+
+def save_run(path, cases: list[dict], compiled: list[dict], complete: bool) -> None:
+    bench_attention.save_json({"cases": cases, "compiled": compiled, "complete": complete,
+                               "environment": bench_attention.environment()}, path)
 
 
 if __name__ == "__main__":

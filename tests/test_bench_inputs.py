@@ -170,6 +170,35 @@ def test_json_and_plot_outputs(bench, tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
+def test_json_is_saved_after_every_case(bench, monkeypatch, tmp_path):
+    """A run cut short (here: the third case fails) keeps the cases it finished in its --json
+    file, marked incomplete, with their ratios; a finished run is marked complete."""
+    def fake_case(methods, q, k, v, n, d, label, sparsity, n_sets, backward, timing):
+        if n == 96:
+            raise KeyboardInterrupt  # stands for the time limit's kill
+        return [bench.BenchRow(method, n, d, label, *sparsity, fwd_ms=ms, fwd_bwd_ms=2 * ms)
+                for method, ms in (("adasplash", 1.0), ("ours", 0.5))]
+
+    monkeypatch.setattr(bench, "bench_case", fake_case)
+    monkeypatch.setattr(bench, "measure_block_sparsity", lambda q, k, ours, n_row_tiles: (0.5, "reference"))
+    path = tmp_path / "bench.json"
+    args = bench.parse_args(["--seqlens", "32", "64", "96", "--head-dims", "16", "--regimes", "0.5",
+                             "--heads", "2", "--json", str(path)])
+    with pytest.raises(KeyboardInterrupt):
+        bench.measure_cases(args, {}, None, {"device": "test"}, device="cpu")
+    data = json.loads(path.read_text())
+    assert data["meta"] == {"device": "test", "complete": False}
+    assert [(row["n"], row["method"]) for row in data["rows"]] == [(32, "adasplash"), (32, "ours"),
+                                                                  (64, "adasplash"), (64, "ours")]
+    assert data["rows"][3]["ratios"]["fwd_bwd/adasplash"] == pytest.approx(0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+
+    args = bench.parse_args(["--seqlens", "32", "--head-dims", "16", "--regimes", "0.5", "--heads", "2",
+                             "--json", str(path)])
+    rows = bench.measure_cases(args, {}, None, {"device": "test"}, device="cpu")
+    assert json.loads(path.read_text())["meta"]["complete"] is True and len(rows) == 2
+
+
 def test_cli_parsing_and_cpu_behaviour(bench, capsys):
     args = bench.parse_args(["--seqlens", "4096", "--regimes", "trained", "0.25", "--methods", "ours"])
     assert args.regimes == ["trained", 0.25] and args.methods == ["ours"]

@@ -54,3 +54,22 @@ def test_from_json_prints_saved_runs(tmp_path, capsys):
 def test_without_a_gpu_it_says_what_works():
     with pytest.raises(SystemExit, match="needs a GPU; --from-json"):
         kernel_times.main(["--seqlens", "64"])
+
+
+def test_json_is_saved_after_every_case(monkeypatch, tmp_path):
+    """A run cut short (here: the third case fails) keeps the cases it finished in its --json file,
+    marked incomplete; the table of ab_kernels reads such a file like any other."""
+    def fake_profile(method, n, d, regime, calls, warmup):
+        if n == 96:
+            raise KeyboardInterrupt  # stands for the time limit's kill
+        return case(method, n, [("tau", n / 100, 1)])
+
+    monkeypatch.setattr(kernel_times, "profile_case", fake_profile)
+    path = tmp_path / "main_r1.json"
+    args = kernel_times.parse_args(["--seqlens", "32", "64", "96", "--regimes", "0.5", "--json", str(path)])
+    with pytest.raises(KeyboardInterrupt):
+        kernel_times.profile_cases(args)
+    saved = json.loads(path.read_text())
+    assert saved["complete"] is False and saved["compiled"] == []
+    assert [c["n"] for c in saved["cases"]] == [32, 64]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["main_r1.json"]
