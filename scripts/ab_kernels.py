@@ -126,13 +126,14 @@ def kernel_table(out: Path, variants: list[str] | None = None) -> str:
         variant, _ = path.stem.rsplit("_r", 1)
         saved = json.loads(path.read_text())
         rounds[variant].append(saved["cases"])
-        compiled.setdefault(variant, saved.get("compiled", []))
+        if saved.get("compiled"):  # a run cut short saved its cases but not yet what they compiled to
+            compiled.setdefault(variant, saved["compiled"])
     if not rounds:
         raise ValueError(f"no kernel_times JSON files (<variant>_r<round>.json) in {out}")
     names = [v for v in variants or sorted(rounds) if v in rounds]
     runs = [(v, [_mean_case(same) for same in _same_cases(rounds[v])]) for v in names]
     lines = ["GPU ms per call, mean over rounds", "", side_by_side(runs)]
-    rows = [(v, c) for v in names for c in compiled[v]]
+    rows = [(v, c) for v in names for c in compiled.get(v, [])]
     if rows:
         lines += ["| variant | kernel | registers | spilled B | shared B | warps |", "|---|---|---|---|---|---|"]
         lines += [f"| {v} | {c['kernel']} | {c['registers']} | {c['spills']} | {c['shared']} | {c['warps']} |"

@@ -181,14 +181,16 @@ def test_threshold_launch_register_cap_holds(head_dim, stages, max_spill_bytes, 
     """At alpha 1.5 the threshold launch is compiled with the register cap, so that four programs
     share a multiprocessor: at head dim 64 (fused final pass, 3 stages) without spilling; at head
     dim 128 (2 stages) with four programs' shared memory within 228 KiB and at most a small spill
-    (offline, Triton 3.6: 40 bytes, outside the loops). Every capped build this process holds is
-    checked, so an fp32 launch given the cap (it spilled 796 and 1436 bytes) fails it too."""
+    (offline, Triton 3.6: 8 bytes). Every capped build this process holds is checked, and an fp32
+    call is built here too, so an fp32 launch given the cap (such builds spilled 796 and 1436
+    bytes) fails it."""
     import importlib
     attention_module = importlib.import_module("kernels.entmax_attention")
     cap = attention_module._TAU_LAUNCH_MAX_REGISTERS
-    q, k, v = rope_qkv(1, 2, 2, 1024, head_dim, temperature=0.4, seed=11, dtype=dtype)
     with torch.no_grad():
-        kernels.entmax_attention(q, k, v, alpha=1.5, causal=True)
+        for call_dtype in (dtype, torch.float32):
+            q, k, v = rope_qkv(1, 2, 2, 1024, head_dim, temperature=0.4, seed=11, dtype=call_dtype)
+            kernels.entmax_attention(q, k, v, alpha=1.5, causal=True)
     caches = attention_module._entmax_attention_tau_kernel.device_caches.values()
     compiled = [kernel for entry in caches for kernel in (entry[0] if isinstance(entry, tuple) else entry).values()
                 if getattr(kernel.metadata, "maxnreg", None) == cap and kernel.metadata.num_stages == stages]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from scripts import kernel_times
+from scripts import ab_kernels, kernel_times
 
 
 def event(key, device_us, count):
@@ -73,3 +73,11 @@ def test_json_is_saved_after_every_case(monkeypatch, tmp_path):
     assert saved["complete"] is False and saved["compiled"] == []
     assert [c["n"] for c in saved["cases"]] == [32, 64]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main_r1.json"]
+
+    # A second, complete round: ab_kernels averages both rounds' cases and still lists what the
+    # complete round compiled to (the cut round, sorted first, has none).
+    compiled = [{"kernel": "tau", "registers": 128, "spills": 0, "shared": 32912, "warps": 4}]
+    kernel_times.save_run(tmp_path / "main_r2.json", [case("ours", 32, [("tau", 0.52, 1)])], compiled, complete=True)
+    table = ab_kernels.kernel_table(tmp_path)
+    assert "| tau | 0.420 |" in table  # N = 32: (0.32 + 0.52) / 2
+    assert "| main | tau | 128 | 0 | 32912 | 4 |" in table
