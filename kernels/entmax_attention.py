@@ -1113,7 +1113,7 @@ def _tau_launch_options(config: _LaunchConfig, head_dim: int, dtype: torch.dtype
     final pass (measured, H200), and at head dim 128, whose launch runs every refinement pass, with
     2 stages so that four programs also fit in shared memory (49 KiB each instead of 64; measured,
     H200: the launch 2-6 % faster, 2 bytes spilled, docs/benchmarks.md section 1l). fp32 tiles do
-    not fit the cap: on an H200 the capped launch spilled 796 bytes at head dim 64 and 1436 at 128."""
+    not fit the cap: offline they spill thousands of bytes under it (docs/benchmarks.md section 1n)."""
     seeded_tiles = (_starts_from_seeds(config.alpha) and dtype.itemsize == 2
                     and (config.block_m, config.block_n, config.num_warps) == (64, 64, 4))
     if seeded_tiles and head_dim == 64 and config.fused_output:
