@@ -1114,11 +1114,11 @@ def _tau_launch_options(config: _LaunchConfig, head_dim: int, dtype: torch.dtype
     2 stages so that four programs also fit in shared memory (49 KiB each instead of 64; measured,
     H200: the launch 2-6 % faster, 2 bytes spilled, docs/benchmarks.md section 1l). fp32 tiles do
     not fit the cap: offline they spill thousands of bytes under it (docs/benchmarks.md section 1n)."""
-    seeded_tiles = (_starts_from_seeds(config.alpha) and dtype.itemsize == 2
-                    and (config.block_m, config.block_n, config.num_warps) == (64, 64, 4))
-    if seeded_tiles and head_dim == 64 and config.fused_output:
+    measured_build = (_starts_from_seeds(config.alpha) and dtype.itemsize == 2
+                      and (config.block_m, config.block_n, config.num_warps) == (64, 64, 4))
+    if measured_build and head_dim == 64 and config.fused_output:
         return {"maxnreg": _TAU_LAUNCH_MAX_REGISTERS}
-    if seeded_tiles and head_dim == 128 and not config.fused_output:
+    if measured_build and head_dim == 128 and not config.fused_output:
         return {"maxnreg": _TAU_LAUNCH_MAX_REGISTERS, "num_stages": 2}
     return {}
 
@@ -1237,6 +1237,19 @@ def _check_qkv(q, k, v) -> None:
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"entmax_attention: head_dim (last dim of q) must be one of "
                          f"{SUPPORTED_HEAD_DIMS}, got {head_dim}")
+
+
+def _document_arguments(doc_ids, batch: int, seq_len: int, device: torch.device):
+    """The kernels' DocIds, DocStart and DocEnd: the checked ids with each position's document's
+    first and one-past-last positions, or without documents an id placeholder and no bounds."""
+    if doc_ids is None:
+        # Never read (HAS_DOCS is off), but a kernel pointer argument must point at memory; empty,
+        # so that no fill launch is issued for it.
+        return torch.empty(1, device=device, dtype=torch.int32), None, None
+    doc_ids = _check_doc_ids(doc_ids, batch, seq_len, device)
+    doc_start = torch.searchsorted(doc_ids, doc_ids, right=False).to(torch.int32)
+    doc_end = torch.searchsorted(doc_ids, doc_ids, right=True).to(torch.int32)
+    return doc_ids, doc_start, doc_end
 
 
 def _check_doc_ids(doc_ids, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
@@ -1476,15 +1489,7 @@ def entmax_attention(q, k, v, *, alpha=1.5, causal=True, scale=None, doc_ids=Non
 
     batch, heads, seq_len, _ = q.shape
     _check_grid(batch * heads, seq_len, block_m)
-    if doc_ids is None:
-        # Never read (HAS_DOCS is off), but a kernel pointer argument must point at memory; empty,
-        # so that no fill launch is issued for it.
-        placeholder = torch.empty(1, device=q.device, dtype=torch.int32)
-        doc_ids, doc_start, doc_end = placeholder, None, None
-    else:
-        doc_ids = _check_doc_ids(doc_ids, batch, seq_len, q.device)
-        doc_start = torch.searchsorted(doc_ids, doc_ids, right=False).to(torch.int32)
-        doc_end = torch.searchsorted(doc_ids, doc_ids, right=True).to(torch.int32)
+    doc_ids, doc_start, doc_end = _document_arguments(doc_ids, batch, seq_len, q.device)
 
     out, nonzero_count, allowed_count = _EntmaxAttentionFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), doc_ids, doc_start, doc_end, config)

@@ -491,12 +491,7 @@ def test_tile_mask_is_written_whole_from_poisoned_memory(gen, monkeypatch, causa
     config = attention_module._LaunchConfig(alpha=1.5, causal=causal, scale=32 ** -0.5,
                                             n_iter=2 if fused else attention_module.default_n_iter(1.5),
                                             block_m=16, block_n=16, num_warps=4, num_stages=1, fused_output=fused)
-    if with_docs:
-        ids = doc_ids.to(DEVICE, torch.int32)
-        doc_start = torch.searchsorted(ids, ids, right=False).to(torch.int32)
-        doc_end = torch.searchsorted(ids, ids, right=True).to(torch.int32)
-    else:
-        ids, doc_start, doc_end = empty(1, dtype=torch.int32, device=DEVICE), None, None
+    ids, doc_start, doc_end = attention_module._document_arguments(doc_ids, 1, 160, q.device)
     with torch.no_grad():
         _, _, _, tile_list, tile_mask, nonzero_count, _ = attention_module._forward(q, k, v, ids, doc_start, doc_end,
                                                                                    config)
