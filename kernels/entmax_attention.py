@@ -973,15 +973,14 @@ def _entmax_attention_bwd_dq_kernel(
 
 @triton.jit
 def _entmax_attention_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, TauDelta, DocIds, TileMask, KeyTileList,
+    Q, K, V, DO, DK, DV, TauDelta, DocIds, KeyTileList, KeyTileCount,
     scale, z_scale, power, N, n_q_tiles, n_k_tiles,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
-    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, CHUNK: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     """dK, dV column-wise: one program per (key tile, kv head) sums over the GROUP query heads that
-    share the kv head, in registers, visiting only the query tiles where this key tile is non-zero
-    (each head's list compacted first from the forward's tile mask, _key_tile_list).
+    share the kv head, in registers, visiting only the query tiles where this key tile is non-zero.
     With TMA, Q and DO are tensor descriptors (_load_head_tile).
     """
     kt = tl.program_id(0)
@@ -1002,8 +1001,7 @@ def _entmax_attention_bwd_dkdv_kernel(
         bh = batch * H + (bhk % H_KV) * GROUP + member
         head_offset = bh.to(tl.int64) * N * HEAD_DIM
         list_row = bh.to(tl.int64) * n_k_tiles + kt
-        n_list = _key_tile_list(TileMask + bh.to(tl.int64) * n_q_tiles * n_k_tiles + kt,
-                                KeyTileList + list_row * n_q_tiles, n_q_tiles, n_k_tiles, CHUNK)
+        n_list = tl.load(KeyTileCount + list_row)
         for i in range(0, n_list):
             qt = tl.load(KeyTileList + list_row * n_q_tiles + i)
             rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -1041,20 +1039,21 @@ def _entmax_attention_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _key_tile_list(TileMask_column, KeyTileList_row, n_q_tiles, n_k_tiles, CHUNK: tl.constexpr):
-    """Compact the query tiles set in one key tile's column of the forward's [query tile, key
-    tile] mask into KeyTileList_row, in increasing order (so dK and dV sum in a fixed order), and
-    return their count. Done by the dK/dV program that reads the list rather than by a launch of
-    its own: one launch fewer per backward."""
+def _key_tile_lists_kernel(TileMask, KeyTileList, KeyTileCount, n_q_tiles, n_k_tiles, CHUNK: tl.constexpr):
+    """Transpose the forward's [query tile, key tile] non-zero mask into per-key-tile lists."""
+    kt = tl.program_id(0)
+    bh = tl.program_id(1)
+    list_row = bh.to(tl.int64) * n_k_tiles + kt
     count = 0
     for chunk_begin in range(0, n_q_tiles, CHUNK):
         qts = chunk_begin + tl.arange(0, CHUNK)
-        flags = tl.load(TileMask_column + qts * n_k_tiles, mask=qts < n_q_tiles, other=0).to(tl.int32)
+        in_range = qts < n_q_tiles
+        flags = tl.load(TileMask + (bh.to(tl.int64) * n_q_tiles + qts) * n_k_tiles + kt,
+                        mask=in_range, other=0).to(tl.int32)
         slot = count + tl.cumsum(flags, axis=0) - 1
-        tl.store(KeyTileList_row + slot, qts, mask=flags > 0)
+        tl.store(KeyTileList + list_row * n_q_tiles + slot, qts, mask=flags > 0)
         count += tl.sum(flags, axis=0)
-    tl.debug_barrier()  # entries were stored by whichever thread held them; every thread reads them
-    return count
+    tl.store(KeyTileCount + list_row, count)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1392,17 +1391,19 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
         TMA=tma, **{**common, **_launch_options("bwd_dq", head_dim)})
 
-    # Each dK/dV program compacts its key tile's lists here (_key_tile_list).
     key_tile_list = torch.empty((batch * heads, n_k_tiles, n_q_tiles), device=device, dtype=torch.int32)
+    key_tile_count = torch.empty((batch * heads, n_k_tiles), device=device, dtype=torch.int32)
+    _key_tile_lists_kernel[(n_k_tiles, batch * heads)](
+        tile_mask, key_tile_list, key_tile_count, n_q_tiles, n_k_tiles, CHUNK=_COMPACTION_CHUNK)
 
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     tma = _reads_by_tma(config, "bwd_dkdv", q, grad_out)
     _entmax_attention_bwd_dkdv_kernel[(n_k_tiles, batch * kv_heads)](
         _head_rows_source(q, config.block_m, tma), k, v, _head_rows_source(grad_out, config.block_m, tma), dk, dv,
-        tau_delta, doc_ids, tile_mask, key_tile_list,
+        tau_delta, doc_ids, key_tile_list, key_tile_count,
         config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
-        TMA=tma, CHUNK=_COMPACTION_CHUNK, **{**common, **_launch_options("bwd_dkdv", head_dim)})
+        TMA=tma, **{**common, **_launch_options("bwd_dkdv", head_dim)})
     return dq, dk, dv
 
 

@@ -49,7 +49,7 @@ _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Oba
                   "Tau": "*fp32", "State": "*fp32", "TileGap": "*i32", "TileMask": "*i8", "DO": "*bf16",
                   "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "TauDelta": "*fp32"}
 _INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged",
-                 "KeyTileList")
+                 "KeyTileList", "KeyTileCount")
 _FLOAT_ARGS = ("scale", "z_scale", "power", "stop_residual", "straight_residual")
 _INT_ARGS = ("N", "n_q_tiles", "n_k_tiles", "n_rows_total")
 
@@ -112,7 +112,7 @@ def backward_kernel(head_dim: int, kernel: str = "bwd_dkdv", causal: bool = True
     tma = head_dim in entmax_attention._TMA_LOAD_HEAD_DIMS[kernel]
     constants = dict(H=16, GROUP=1, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                      HAS_DOCS=False, ALPHA_MODE=1, DOT_PRECISION=entmax_attention._dot_precision(torch.bfloat16),
-                     TMA=tma, CHUNK=entmax_attention._COMPACTION_CHUNK)
+                     TMA=tma)
     # With TMA these arguments are tensor descriptors of [heads, N, head_dim] with one tile per box.
     descriptors = {"bwd_dq": {"K": block_n, "V": block_n}, "bwd_dkdv": {"Q": block_m, "DO": block_m}}[kernel]
     return _compile(kernel, constants, num_warps, num_stages, descriptors=descriptors if tma else {})

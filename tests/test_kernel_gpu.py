@@ -108,9 +108,9 @@ def test_other_dtypes_match_float64_reference(dtype, head_dim):
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_forward_and_backward_launch_only_their_kernels(head_dim):
     """Every launch costs a node in a CUDA graph and host time per call: one forward+backward is
-    exactly the two forward launches and the two backward kernels (the dK/dV kernel compacts its
-    own key-tile lists), with no fill kernels (the tile mask is written whole by the output launch,
-    the doc-id placeholder is never read, the counts get no materialized zero gradients)."""
+    exactly the two forward launches, the key-tile lists and the two backward kernels, with no fill
+    kernels (the tile mask is written whole by the output launch, the doc-id placeholder is never
+    read, the counts get no materialized zero gradients)."""
     from torch.profiler import ProfilerActivity, profile
 
     q, k, v = rope_qkv(1, 4, 4, 2048, head_dim, temperature=0.4, seed=5)
@@ -127,7 +127,8 @@ def test_forward_and_backward_launch_only_their_kernels(head_dim):
         torch.cuda.synchronize()
     launches = sorted((e.key, e.count) for e in prof.key_averages() if e.self_device_time_total > 0)
     assert launches == [("_entmax_attention_bwd_dkdv_kernel", 1), ("_entmax_attention_bwd_dq_kernel", 1),
-                        ("_entmax_attention_output_kernel", 1), ("_entmax_attention_tau_kernel", 1)], launches
+                        ("_entmax_attention_output_kernel", 1), ("_entmax_attention_tau_kernel", 1),
+                        ("_key_tile_lists_kernel", 1)], launches
 
 
 @pytest.mark.parametrize("seq_len,head_dim", [(8192, 64), (8192, 128), (32768, 64), (32768, 128)])
