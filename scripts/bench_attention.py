@@ -346,6 +346,15 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
     if timing == "host":
         return host_ms(attention, input_sets, backward)
     leaves = [t for inputs in input_sets for t in inputs[:3]]
+    run = _cycle(attention, input_sets, backward)
+    if timing == "wall":
+        # do_bench times as many calls as fit in `rep` ms after `warmup` ms of them: at 32k, where one
+        # call takes 25-35 ms, 100 ms is three or four calls, too few for a median (one 32k row
+        # read 8 % above the same call's median over more calls, docs/benchmarks.md section 1p). So
+        # both stretch to fit at least MIN_TIMED_CALLS and MIN_WARMUP_CALLS calls.
+        estimate = _estimate_ms(run, leaves if backward else [])
+        rep = max(rep, MIN_TIMED_CALLS * estimate)
+        warmup = max(warmup, MIN_WARMUP_CALLS * estimate)
     if timing == "graph":
         # Capture needs a stream other than the default one.
         with torch.cuda.stream(torch.cuda.Stream()):
@@ -353,13 +362,33 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
                                             return_mode="median"))
     return float(
         do_bench(
-            _cycle(attention, input_sets, backward),
+            run,
             warmup=warmup,
             rep=rep,
             grad_to_none=leaves if backward else None,
             return_mode="median",
         )
     )
+
+
+MIN_TIMED_CALLS = 30
+MIN_WARMUP_CALLS = 3
+
+
+def _estimate_ms(run, leaves, calls: int = 3) -> float:
+    """Milliseconds of one call of `run` (CUDA events, after one call outside the timing)."""
+    run()
+    for t in leaves:
+        t.grad = None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        run()
+        for t in leaves:
+            t.grad = None
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
 
 
 def host_ms(attention, input_sets, backward: bool, calls: int = 20, repeats: int = 10) -> float:

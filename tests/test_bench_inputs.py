@@ -360,6 +360,27 @@ def test_host_timing_counts_the_calls_it_times(bench):
     assert bench.parse_args(["--timing", "host"]).timing == "host"
 
 
+@pytest.mark.parametrize("estimate,rep,warmup", [(0.5, 100, 25), (30.0, 900.0, 90.0)])
+def test_wall_timing_stretches_to_enough_calls(bench, monkeypatch, estimate, rep, warmup):
+    """Wall-clock timing hands do_bench at least MIN_TIMED_CALLS calls' worth of time to time and
+    MIN_WARMUP_CALLS to warm up (at 32k a call takes some 30 ms: 100 ms would time three), and
+    leaves shorter calls at the usual 100 ms and 25 ms."""
+    import triton.testing
+
+    seen = {}
+
+    def fake_do_bench(fn, warmup, rep, grad_to_none, return_mode):
+        seen.update(warmup=warmup, rep=rep, leaves=len(grad_to_none))
+        return 1.5
+
+    monkeypatch.setattr(bench, "_estimate_ms", lambda run, leaves: estimate)
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    q, k, v = bench.make_qkv(32, 16, 0.5, seed=0, heads=2)
+    assert bench.time_ms(reference.entmax_attention, bench.input_sets_for(q, k, v, n_sets=2), backward=True) == 1.5
+    assert seen == {"warmup": warmup, "rep": rep, "leaves": 6}
+    assert (bench.MIN_TIMED_CALLS, bench.MIN_WARMUP_CALLS) == (30, 3)
+
+
 def test_timing_option_is_recorded_and_not_mixed(bench, tmp_path, capsys):
     """--timing graph is recorded in the JSON; --from-json refuses files timed differently (files
     from before the option count as wall-clock)."""
