@@ -330,11 +330,16 @@ def _cycle(attention, input_sets, backward, accumulate: bool = True):
     return run
 
 
+# Wall-clock timing times at least this many calls, after at least this many warm-up calls (time_ms).
+MIN_TIMED_CALLS = 30
+MIN_WARMUP_CALLS = 3
+
+
 def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 100, timing: str = "wall") -> float:
     """Median milliseconds of one call (CUDA).
 
-    timing "wall": triton.testing.do_bench, calls launched from Python one after another: the time a
-    caller waits, which is the host's launch cost (Python, allocations, autograd) wherever that
+    timing "wall": triton.testing.do_bench over at least MIN_TIMED_CALLS calls launched from Python
+    one after another, with the L2 flushed before each: the time a caller waits, which is the host's launch cost (Python, allocations, autograd) wherever that
     exceeds the GPU's work. "graph": do_bench_cudagraph, the calls replayed from a CUDA graph, so
     the host drops out and the GPU's time remains (docs/benchmarks.md §1f measured both). "host":
     the host's cost alone (`host_ms`).
@@ -345,34 +350,21 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
     if timing == "host":
         return host_ms(attention, input_sets, backward)
-    leaves = [t for inputs in input_sets for t in inputs[:3]]
-    run = _cycle(attention, input_sets, backward)
-    if timing == "wall":
-        # do_bench times as many calls as fit in `rep` ms after `warmup` ms of them: at 32k, where one
-        # call takes 25-35 ms, 100 ms is three or four calls, too few for a median (one 32k row
-        # read 8 % above the same call's median over more calls, docs/benchmarks.md section 1p). So
-        # both stretch to fit at least MIN_TIMED_CALLS and MIN_WARMUP_CALLS calls.
-        estimate = _estimate_ms(run, leaves if backward else [])
-        rep = max(rep, MIN_TIMED_CALLS * estimate)
-        warmup = max(warmup, MIN_WARMUP_CALLS * estimate)
     if timing == "graph":
         # Capture needs a stream other than the default one.
         with torch.cuda.stream(torch.cuda.Stream()):
             return float(do_bench_cudagraph(_cycle(attention, input_sets, backward, accumulate=False), rep=rep,
                                             return_mode="median"))
-    return float(
-        do_bench(
-            run,
-            warmup=warmup,
-            rep=rep,
-            grad_to_none=leaves if backward else None,
-            return_mode="median",
-        )
-    )
-
-
-MIN_TIMED_CALLS = 30
-MIN_WARMUP_CALLS = 3
+    leaves = [t for inputs in input_sets for t in inputs[:3]] if backward else []
+    run = _cycle(attention, input_sets, backward)
+    # do_bench times as many calls as fit in `rep` ms after `warmup` ms of them: at 32k, where one
+    # call takes 25-35 ms, 100 ms is three or four calls, too few for a median (one 32k row read 8 %
+    # above the same call's median over more calls, docs/benchmarks.md section 1p). So both stretch
+    # to fit at least MIN_TIMED_CALLS and MIN_WARMUP_CALLS calls.
+    estimate = _estimate_ms(run, leaves)
+    rep = max(rep, MIN_TIMED_CALLS * estimate)
+    warmup = max(warmup, MIN_WARMUP_CALLS * estimate)
+    return float(do_bench(run, warmup=warmup, rep=rep, grad_to_none=leaves or None, return_mode="median"))
 
 
 def _estimate_ms(run, leaves, calls: int = 3) -> float:
