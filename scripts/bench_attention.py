@@ -46,6 +46,7 @@ if __package__ in (None, ""):
 
 from kernels import reference  # noqa: E402
 from kernels.entmax_attention import MAX_N_ITER  # noqa: E402
+from scripts.gpu_clocks import ClockLog  # noqa: E402
 
 METHODS = ("sdpa_flash", "sdpa_cudnn", "adasplash", "ours", "hierarchical", "topk_blocks")
 DEFAULT_SEQLENS = (4096, 8192, 16384, 32768)
@@ -288,6 +289,10 @@ class BenchRow:
     peak_mib: float | None = None
     note: str = ""
     ratios: dict = field(default_factory=dict)
+    # Mean SM clock (MHz) and power (W) while the row's headline time was measured (fwd+bwd, or
+    # the forward without a backward), sampled by nvidia-smi (scripts/gpu_clocks.py); None without.
+    sm_mhz: float | None = None
+    power_w: float | None = None
 
 
 def measure_block_sparsity(q, k, ours=None, n_row_tiles: int = 16) -> tuple[float, str]:
@@ -450,9 +455,12 @@ def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_
             rows.append(row)
             continue
         try:
-            row.fwd_ms = time_ms(attention, input_sets, backward=False, timing=timing)
+            with ClockLog() as clocks:
+                row.fwd_ms = time_ms(attention, input_sets, backward=False, timing=timing)
             if backward:
-                row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True, timing=timing)
+                with ClockLog() as clocks:
+                    row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True, timing=timing)
+            row.sm_mhz, row.power_w = clocks.sm_mhz, clocks.power_w
             row.peak_mib = peak_mib(attention, input_sets[0], backward=backward)
             row.note = _selection_note(attention, q, k, v)
         except torch.cuda.OutOfMemoryError:
@@ -499,7 +507,8 @@ def format_table(rows: list[BenchRow]) -> str:
     """Markdown table, one row per (case, method); ratios are time / baseline time (lower is faster)."""
     header = (
         "| method | N | D | regime | block sparsity | fwd ms | fwd+bwd ms | peak MiB "
-        "| fwd x flash | f+b x flash | f+b x cuDNN | fwd x adasplash | f+b x adasplash | peak x flash | note |"
+        "| fwd x flash | f+b x flash | f+b x cuDNN | fwd x adasplash | f+b x adasplash | peak x flash | SM MHz, W "
+        "| note |"
     )
     n_columns = header.count("|") - 1
     lines = [header, "|" + "---|" * n_columns]
@@ -511,7 +520,8 @@ def format_table(rows: list[BenchRow]) -> str:
             _fmt(r.ratios.get("fwd/sdpa_flash"), ".2f"), _fmt(r.ratios.get("fwd_bwd/sdpa_flash"), ".2f"),
             _fmt(r.ratios.get("fwd_bwd/sdpa_cudnn"), ".2f"),
             _fmt(r.ratios.get("fwd/adasplash"), ".2f"), _fmt(r.ratios.get("fwd_bwd/adasplash"), ".2f"),
-            _fmt(r.ratios.get("peak/sdpa_flash"), ".2f"), r.note,
+            _fmt(r.ratios.get("peak/sdpa_flash"), ".2f"),
+            "-" if r.sm_mhz is None else f"{r.sm_mhz:.0f}, {_fmt(r.power_w, '.0f')}", r.note,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

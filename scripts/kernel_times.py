@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts import bench_attention  # noqa: E402
+from scripts.gpu_clocks import ClockLog  # noqa: E402
 
 
 def per_call_ms(events, calls: int) -> list[tuple[str, float, float]]:
@@ -64,13 +65,14 @@ def profile_case(method: str, n: int, d: int, regime, calls: int, warmup: int) -
     for _ in range(warmup):
         run()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    # The calls run back to back: under a power cap the clock may fall below the single-call one.
+    with ClockLog() as clocks, profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             run()
         torch.cuda.synchronize()
     kernels = per_call_ms(prof.key_averages(), calls)
     return {"method": method, "n": n, "d": d, "regime": str(regime), "kernels": kernels,
-            "total_ms": sum(ms for _, ms, _ in kernels)}
+            "total_ms": sum(ms for _, ms, _ in kernels), "sm_mhz": clocks.sm_mhz, "power_w": clocks.power_w}
 
 
 def case_label(case: dict) -> str:
@@ -78,7 +80,8 @@ def case_label(case: dict) -> str:
 
 
 def format_case(case: dict, top: int = 12) -> str:
-    lines = [f"== {case_label(case)}: {case['total_ms']:.3f} ms of kernels per forward+backward"]
+    clock = "" if case.get("sm_mhz") is None else f" (SM {case['sm_mhz']:.0f} MHz, {case['power_w']:.0f} W)"
+    lines = [f"== {case_label(case)}: {case['total_ms']:.3f} ms of kernels per forward+backward{clock}"]
     lines += [f"   {ms:8.3f} ms  x{count:g}  {name[:90]}" for name, ms, count in case["kernels"][:top]]
     return "\n".join(lines)
 
