@@ -15,6 +15,7 @@ changes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -29,14 +30,15 @@ def nvidia_smi_command(device_id: str, interval_ms: int) -> list[str] | None:
 
 
 def cuda_device_id(index: int | None = None) -> str:
-    """What nvidia-smi's --id takes for torch's CUDA device `index` (default: the current one):
-    its UUID, which holds under CUDA_VISIBLE_DEVICES renumbering; the bare index where torch does
-    not report one."""
-    import torch
+    """What nvidia-smi's --id takes for torch's CUDA device `index` (default: the current one): its
+    entry in CUDA_VISIBLE_DEVICES where that renumbers the devices (an index or a UUID, both of
+    which --id accepts), else the index itself."""
+    if index is None:
+        import torch
 
-    index = torch.cuda.current_device() if index is None else index
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    return f"GPU-{uuid}" if uuid else str(index)
+        index = torch.cuda.current_device()
+    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    return visible[index] if index < len(visible) else str(index)
 
 
 def parse_samples(text: str) -> list[tuple[float, float]]:

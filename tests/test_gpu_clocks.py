@@ -51,6 +51,13 @@ def test_clock_log_is_empty_without_a_gpu_or_sampler(monkeypatch):
     assert command[0] == "/usr/bin/nvidia-smi" and "--id=GPU-1234" in command and "--loop-ms=50" in command
 
 
+def test_device_id_follows_cuda_visible_devices(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_clocks.cuda_device_id(1) == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, GPU-abcd")
+    assert gpu_clocks.cuda_device_id(0) == "3" and gpu_clocks.cuda_device_id(1) == "GPU-abcd"
+
+
 def test_bench_rows_carry_the_clock_and_old_files_still_load(monkeypatch, tmp_path):
     """bench_case records the clock of the fwd+bwd timing (the forward's without a backward), the
     table prints it, and JSON files written before the fields existed still load."""
