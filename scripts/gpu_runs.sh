@@ -7,7 +7,7 @@
 #   track      entmax_8k with the Triton kernels vs the exact reference backend: the first steps' losses
 #   eval8k     RULER + needle sweep over both 8k checkpoints at 4k/8k/16k, then the report
 #   bench      scripts/bench_attention.py, one process per (N, D) (env BENCH_SEQLENS, BENCH_HEAD_DIMS,
-#              BENCH_REGIMES, BENCH_METHODS, BENCH_TIMEOUT), then one table and plot under
+#              BENCH_REGIMES, BENCH_METHODS, BENCH_TIMING, BENCH_TIMEOUT), then one table and plot under
 #              $ADASPLASH_RUNS/bench (docs/benchmarks.md §1c: 32k at D 128 needs more than 300 s)
 #   summary    tokens/s and final losses of every run under $ADASPLASH_RUNS as a markdown table
 #   profile    Nsight Compute PC sampling of the entmax forward's threshold launch (8k, D 64, trained
@@ -69,7 +69,7 @@ bench() {
       rm -f "$json"  # a case cut by the timeout writes no file; an older run's must not stand in for it
       timeout "${BENCH_TIMEOUT:-420}" "$py" -m scripts.bench_attention --seqlens "$n" --head-dims "$d" \
         --regimes ${BENCH_REGIMES:-trained long sparse} --methods ${BENCH_METHODS:-sdpa_flash sdpa_cudnn adasplash ours} \
-        --json "$json" \
+        --timing "${BENCH_TIMING:-wall}" --json "$json" \
         || echo "bench N=$n D=$d: exit $?"
       [ -f "$json" ] && files+=("$json")
     done
