@@ -10,8 +10,10 @@ each pass two ways:
 - per row: where every row's pass threshold became its lower bound (mass >= 1 there), drop the
   tiles whose every row scores at or below that threshold (what a per-slot atomic max of the
   rows' sum of u would give the kernel); otherwise the reach filter.
-It prints both list lengths entering the output pass and the non-zero tiles at the final tau, as
-shares of the allowed tiles, and how many passes had every row below tau.
+It prints both list lengths entering the output pass, the reach filter's list once more against
+the final tau itself (what one more `_drop_zero_tiles` after the last pass would leave), and the
+non-zero tiles at the final tau, as shares of the allowed tiles, and how many passes had every row
+below tau.
 
     python docs/experiments/sim_output_tiles.py --seqlens 4096 8192 --regimes trained long --head-dim 128
 """
@@ -73,12 +75,14 @@ def simulate(n: int, d: int, regime: str, heads: int, stride: int, max_passes: i
                     if done:
                         break
             totals["allowed"] += n_tiles
+            totals["final_reach"] += len(reach_filter(by_reach, t))
             totals["reach"] += len(by_reach)
             totals["row"] += len(by_row)
             totals["nonzero"] += int((tile_max > t[:, None]).any(0).sum())
     allowed = totals["allowed"]
     print(f"N {n} D {d} {regime}: tiles entering the output pass, of the allowed: reach filter "
-          f"{totals['reach'] / allowed:.1%}, per-row filter {totals['row'] / allowed:.1%}; non-zero at tau "
+          f"{totals['reach'] / allowed:.1%}, per-row filter {totals['row'] / allowed:.1%}, reach filter at the final "
+          f"tau {totals['final_reach'] / allowed:.1%}; non-zero at tau "
           f"{totals['nonzero'] / allowed:.1%}; passes with every row below tau {totals['every_row_below']} of "
           f"{totals['passes']}")
 
