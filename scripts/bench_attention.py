@@ -46,7 +46,7 @@ if __package__ in (None, ""):
 
 from kernels import reference  # noqa: E402
 from kernels.entmax_attention import MAX_N_ITER  # noqa: E402
-from scripts.gpu_clocks import ClockLog  # noqa: E402
+from scripts.gpu_clocks import ClockSampler  # noqa: E402
 
 METHODS = ("sdpa_flash", "sdpa_cudnn", "adasplash", "ours", "hierarchical", "topk_blocks")
 DEFAULT_SEQLENS = (4096, 8192, 16384, 32768)
@@ -445,36 +445,43 @@ def input_sets_for(q, k, v, n_sets: int, max_set_bytes: int = 256 * 2**20):
 def bench_case(methods: dict, q, k, v, n: int, d: int, regime: str, sparsity, n_sets: int = 3,
                backward: bool = True, timing: str = "wall") -> list[BenchRow]:
     """All methods on one input (CUDA tensors); failures become rows with a note. backward=False
-    times the forward alone (fwd+bwd and peak memory stay empty); timing as in time_ms."""
-    rows = []
+    times the forward alone (fwd+bwd and peak memory stay empty); timing as in time_ms. Each row
+    gets the SM clock and power of its headline time (fwd+bwd, else fwd) from one sampler for the
+    case (scripts/gpu_clocks.py)."""
     input_sets = input_sets_for(q, k, v, n_sets)
-    for name, attention in methods.items():
-        row = BenchRow(name, n, d, regime, block_sparsity=sparsity[0], sparsity_source=sparsity[1])
-        if isinstance(attention, str):
-            row.note = attention
-            rows.append(row)
-            continue
-        try:
-            with ClockLog() as clocks:
-                row.fwd_ms = time_ms(attention, input_sets, backward=False, timing=timing)
-            if backward:
-                with ClockLog() as clocks:
-                    row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True, timing=timing)
-            row.sm_mhz, row.power_w = clocks.sm_mhz, clocks.power_w
-            row.peak_mib = peak_mib(attention, input_sets[0], backward=backward)
-            row.note = _selection_note(attention, q, k, v)
-        except torch.cuda.OutOfMemoryError:
-            row.note = "out of memory"
-        except Exception as err:  # noqa: BLE001 - one failing method must not end the sweep
-            first_line = (str(err).splitlines() or [""])[0]
-            row.note = f"{type(err).__name__}: {first_line[:120]}"
-        finally:
-            for inputs in input_sets:
-                for t in inputs[:3]:
-                    t.grad = None
-            torch.cuda.empty_cache()
-        rows.append(row)
-    return rows
+    with ClockSampler() as sampler:
+        rows = []
+        for name, attention in methods.items():
+            row = BenchRow(name, n, d, regime, block_sparsity=sparsity[0], sparsity_source=sparsity[1])
+            rows.append(_measure_row(row, attention, input_sets, (q, k, v), backward, timing, sampler))
+        return rows
+
+
+def _measure_row(row: BenchRow, attention, input_sets, qkv, backward: bool, timing: str, sampler) -> BenchRow:
+    """Fill bench_case's row for one method (`attention` a callable, or the note of why it cannot run)."""
+    if isinstance(attention, str):
+        row.note = attention
+        return row
+    try:
+        with sampler.window() as clocks:
+            row.fwd_ms = time_ms(attention, input_sets, backward=False, timing=timing)
+        if backward:
+            with sampler.window() as clocks:
+                row.fwd_bwd_ms = time_ms(attention, input_sets, backward=True, timing=timing)
+        row.sm_mhz, row.power_w = clocks.sm_mhz, clocks.power_w
+        row.peak_mib = peak_mib(attention, input_sets[0], backward=backward)
+        row.note = _selection_note(attention, *qkv)
+    except torch.cuda.OutOfMemoryError:
+        row.note = "out of memory"
+    except Exception as err:  # noqa: BLE001 - one failing method must not end the sweep
+        first_line = (str(err).splitlines() or [""])[0]
+        row.note = f"{type(err).__name__}: {first_line[:120]}"
+    finally:
+        for inputs in input_sets:
+            for t in inputs[:3]:
+                t.grad = None
+        torch.cuda.empty_cache()
+    return row
 
 
 def add_ratios(rows: list[BenchRow], baselines=("sdpa_flash", "sdpa_cudnn", "adasplash")) -> None:

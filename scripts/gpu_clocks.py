@@ -5,19 +5,25 @@ our kernels at 32k run back to back took the SM clock from 1980 to 1740-1800 MHz
 2.6 % longer (docs/benchmarks.md section 1p). A time means more beside the clock it ran at, so the
 benchmark records both:
 
-    with ClockLog() as clocks:
-        ...  # the timed calls
-    clocks.sm_mhz, clocks.power_w  # means over the samples taken meanwhile (None without any)
+    with ClockSampler() as sampler:      # nvidia-smi runs in the background meanwhile
+        ...
+        with sampler.window() as window:
+            ...                          # the timed calls
+        window.sm_mhz, window.power_w    # means over the samples that arrived in the window
 
-Without nvidia-smi (a CPU machine) or where it fails, the values stay None and nothing else
-changes.
+nvidia-smi takes a few hundred milliseconds to print its first sample, longer than a 4k call's
+whole timing, so one sampler serves many windows. Without nvidia-smi (a CPU machine) or where it
+fails, windows hold no samples and their values are None; nothing else changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import threading
+import time
 
 
 def nvidia_smi_command(device_id: str, interval_ms: int) -> list[str] | None:
@@ -41,23 +47,35 @@ def cuda_device_id(index: int | None = None) -> str:
     return visible[index] if index < len(visible) else str(index)
 
 
-def parse_samples(text: str) -> list[tuple[float, float]]:
-    """(SM MHz, watts) per line of "<clock>, <power>" output; lines without two numbers (a header,
-    "[N/A]", a line cut by the sampler's end) are skipped."""
-    samples = []
-    for line in text.splitlines():
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) != 2:
-            continue
-        try:
-            samples.append((float(fields[0]), float(fields[1])))
-        except ValueError:
-            continue
-    return samples
+def parse_sample(line: str) -> tuple[float, float] | None:
+    """(SM MHz, watts) from a line "<clock>, <power>"; None for anything else (a header, "[N/A]",
+    a line cut by the sampler's end)."""
+    fields = [field.strip() for field in line.split(",")]
+    if len(fields) != 2:
+        return None
+    try:
+        return float(fields[0]), float(fields[1])
+    except ValueError:
+        return None
 
 
-class ClockLog:
-    """Context manager: samples the SM clock and power in a background process while its block runs.
+class ClockWindow:
+    """The samples that arrived between a window's start and end (ClockSampler.window)."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+
+    @property
+    def sm_mhz(self) -> float | None:
+        return sum(s[0] for s in self.samples) / len(self.samples) if self.samples else None
+
+    @property
+    def power_w(self) -> float | None:
+        return sum(s[1] for s in self.samples) / len(self.samples) if self.samples else None
+
+
+class ClockSampler:
+    """Context manager: a sampler process for its block, read by a thread that timestamps each line.
 
     `command` replaces the nvidia-smi command (tests); by default the current CUDA device is
     sampled every 50 ms, or nothing where nvidia-smi or CUDA is missing."""
@@ -65,10 +83,12 @@ class ClockLog:
     def __init__(self, command: list[str] | None = None, interval_ms: int = 50):
         self.command = command
         self.interval_ms = interval_ms
-        self.samples: list[tuple[float, float]] = []
+        self._samples: list[tuple[float, float, float]] = []  # (arrival time, MHz, watts)
+        self._lock = threading.Lock()
         self._process = None
+        self._reader = None
 
-    def __enter__(self) -> "ClockLog":
+    def __enter__(self) -> "ClockSampler":
         command = self.command
         if command is None:
             import torch
@@ -80,23 +100,37 @@ class ClockLog:
                 self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             except OSError:
                 self._process = None
+        if self._process is not None:
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
         return self
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            sample = parse_sample(line)
+            if sample is not None:
+                with self._lock:
+                    self._samples.append((time.monotonic(), *sample))
 
     def __exit__(self, *exc) -> None:
         if self._process is None:
             return
         self._process.terminate()
         try:
-            output, _ = self._process.communicate(timeout=5)
+            self._process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self._process.kill()
-            output, _ = self._process.communicate()
-        self.samples = parse_samples(output or "")
+            self._process.wait()
+        self._reader.join(timeout=5)
 
-    @property
-    def sm_mhz(self) -> float | None:
-        return sum(s[0] for s in self.samples) / len(self.samples) if self.samples else None
-
-    @property
-    def power_w(self) -> float | None:
-        return sum(s[1] for s in self.samples) / len(self.samples) if self.samples else None
+    @contextlib.contextmanager
+    def window(self):
+        """A ClockWindow that, once the block ends, holds the samples that arrived during it."""
+        window = ClockWindow()
+        start = time.monotonic()
+        try:
+            yield window
+        finally:
+            end = time.monotonic()
+            with self._lock:
+                window.samples = [(mhz, watts) for arrival, mhz, watts in self._samples if start <= arrival <= end]

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts import bench_attention  # noqa: E402
-from scripts.gpu_clocks import ClockLog  # noqa: E402
+from scripts.gpu_clocks import ClockSampler  # noqa: E402
 
 
 def per_call_ms(events, calls: int) -> list[tuple[str, float, float]]:
@@ -62,14 +62,15 @@ def profile_case(method: str, n: int, d: int, regime, calls: int, warmup: int) -
     # .grad, so the profile holds no bf16 add kernels of the harness's own (three per call, 4 % at 4k).
     run = bench_attention._cycle(bench_attention.build_method(method), bench_attention.input_sets_for(q, k, v, 2),
                                  True, accumulate=False)
-    for _ in range(warmup):
-        run()
-    torch.cuda.synchronize()
     # The calls run back to back: under a power cap the clock may fall below the single-call one.
-    with ClockLog() as clocks, profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
+    with ClockSampler() as sampler:  # started before the warm-up: its first sample takes a while
+        for _ in range(warmup):
             run()
         torch.cuda.synchronize()
+        with sampler.window() as clocks, profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                run()
+            torch.cuda.synchronize()
     kernels = per_call_ms(prof.key_averages(), calls)
     return {"method": method, "n": n, "d": d, "regime": str(regime), "kernels": kernels,
             "total_ms": sum(ms for _, ms, _ in kernels), "sm_mhz": clocks.sm_mhz, "power_w": clocks.power_w}

@@ -1,6 +1,7 @@
 """scripts/gpu_clocks.py: the SM clock and power sampled beside a measurement (nvidia-smi on a GPU
 machine; a fake sampler here)."""
 
+import contextlib
 import json
 import sys
 import time
@@ -21,29 +22,43 @@ FAKE_SAMPLER = (
 )
 
 
-def test_parse_samples_skips_what_is_not_two_numbers():
-    text = "clocks.sm [MHz], power.draw [W]\n1980, 157.20\n[N/A], [N/A]\n1740, 493.06\n17"
-    assert gpu_clocks.parse_samples(text) == [(1980.0, 157.2), (1740.0, 493.06)]
+def test_parse_sample_takes_two_numbers_only():
+    lines = ["clocks.sm [MHz], power.draw [W]", "1980, 157.20", "[N/A], [N/A]", "1740, 493.06", "17"]
+    assert [gpu_clocks.parse_sample(line) for line in lines] == [None, (1980.0, 157.2), None, (1740.0, 493.06), None]
 
 
-def test_clock_log_averages_what_the_sampler_printed_during_its_block():
-    with gpu_clocks.ClockLog(command=[sys.executable, "-c", FAKE_SAMPLER]) as clocks:
-        time.sleep(0.5)
-    assert len(clocks.samples) >= 4
-    assert set(clocks.samples) <= {(1800.0, 300.5), (1700.0, 250.0)}
-    assert clocks.sm_mhz == pytest.approx(sum(s[0] for s in clocks.samples) / len(clocks.samples))
-    assert clocks.power_w == pytest.approx(sum(s[1] for s in clocks.samples) / len(clocks.samples))
-    assert 1700 <= clocks.sm_mhz <= 1800 and 250 <= clocks.power_w <= 300.5
+def test_windows_average_the_samples_that_arrived_during_them():
+    with gpu_clocks.ClockSampler(command=[sys.executable, "-c", FAKE_SAMPLER]) as sampler:
+        time.sleep(0.3)  # the sampler's start, as nvidia-smi's takes a while
+        with sampler.window() as first:
+            time.sleep(0.3)
+        time.sleep(0.1)
+        with sampler.window() as second:
+            time.sleep(0.3)
+        with sampler.window() as empty:
+            pass
+    for window in (first, second):
+        assert len(window.samples) >= 4
+        assert set(window.samples) <= {(1800.0, 300.5), (1700.0, 250.0)}
+        assert window.sm_mhz == pytest.approx(sum(s[0] for s in window.samples) / len(window.samples))
+        assert window.power_w == pytest.approx(sum(s[1] for s in window.samples) / len(window.samples))
+        assert 1700 <= window.sm_mhz <= 1800 and 250 <= window.power_w <= 300.5
+    every = len(sampler._samples)
+    assert len(first.samples) + len(second.samples) < every  # the samples between the windows are left out
+    assert empty.sm_mhz is None or len(empty.samples) <= 1
+    assert sampler._process.poll() is not None  # the sampler stopped with its block
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-sampler case needs a machine without CUDA")
-def test_clock_log_is_empty_without_a_gpu_or_sampler(monkeypatch):
-    with gpu_clocks.ClockLog() as clocks:  # no CUDA: nothing is started
-        pass
-    assert clocks.samples == [] and clocks.sm_mhz is None and clocks.power_w is None
-    with gpu_clocks.ClockLog(command=["/nonexistent/nvidia-smi"]) as clocks:
-        pass
-    assert clocks.sm_mhz is None
+def test_windows_are_empty_without_a_gpu_or_sampler(monkeypatch):
+    with gpu_clocks.ClockSampler() as sampler:  # no CUDA: nothing is started
+        with sampler.window() as window:
+            pass
+    assert window.samples == [] and window.sm_mhz is None and window.power_w is None
+    with gpu_clocks.ClockSampler(command=["/nonexistent/nvidia-smi"]) as sampler:
+        with sampler.window() as window:
+            pass
+    assert window.sm_mhz is None
     monkeypatch.setattr(gpu_clocks.shutil, "which", lambda name: None)
     assert gpu_clocks.nvidia_smi_command("0", 50) is None
     monkeypatch.setattr(gpu_clocks.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
@@ -63,15 +78,14 @@ def test_bench_rows_carry_the_clock_and_old_files_still_load(monkeypatch, tmp_pa
     table prints it, and JSON files written before the fields existed still load."""
     readings = iter([(1950.0, 200.0), (1800.0, 420.0)])
 
-    class FakeClockLog:
-        def __enter__(self):
-            self.sm_mhz, self.power_w = next(readings)
-            return self
+    class FakeSampler(gpu_clocks.ClockSampler):
+        @contextlib.contextmanager
+        def window(self):
+            window = gpu_clocks.ClockWindow()
+            yield window
+            window.samples = [next(readings)]
 
-        def __exit__(self, *exc):
-            return None
-
-    monkeypatch.setattr(bench_attention, "ClockLog", FakeClockLog)
+    monkeypatch.setattr(bench_attention, "ClockSampler", FakeSampler)
     monkeypatch.setattr(bench_attention, "time_ms", lambda attention, sets, backward, timing: 2.0 if backward else 1.0)
     monkeypatch.setattr(bench_attention, "peak_mib", lambda attention, inputs, backward: 5.0)
     q, k, v = bench_attention.make_qkv(64, 16, 0.5, seed=0, heads=2)
