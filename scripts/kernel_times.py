@@ -63,7 +63,7 @@ def profile_case(method: str, n: int, d: int, regime, calls: int, warmup: int) -
     run = bench_attention._cycle(bench_attention.build_method(method), bench_attention.input_sets_for(q, k, v, 2),
                                  True, accumulate=False)
     # The calls run back to back: under a power cap the clock may fall below the single-call one.
-    with ClockSampler() as sampler:  # started before the warm-up: its first sample takes a while
+    with ClockSampler() as sampler:  # started before the warm-up, so that it is sampling by the profiled calls
         for _ in range(warmup):
             run()
         torch.cuda.synchronize()
