@@ -345,9 +345,9 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
 
     timing "wall": triton.testing.do_bench over at least MIN_TIMED_CALLS calls launched from Python
     one after another, with the L2 flushed before each: the time a caller waits, which is the host's
-    launch cost (Python, allocations, autograd) wherever that exceeds the GPU's work. "graph": do_bench_cudagraph, the calls replayed from a CUDA graph, so
-    the host drops out and the GPU's time remains (docs/benchmarks.md §1f measured both). "host":
-    the host's cost alone (`host_ms`).
+    launch cost (Python, allocations, autograd) wherever that exceeds the GPU's work. "graph":
+    do_bench_cudagraph, the calls replayed from a CUDA graph, so the host drops out and the GPU's
+    time remains (docs/benchmarks.md §1f measured both). "host": the host's cost alone (`host_ms`).
     """
     from triton.testing import do_bench, do_bench_cudagraph
 

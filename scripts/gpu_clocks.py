@@ -12,8 +12,9 @@ benchmark records both:
         window.sm_mhz, window.power_w    # means over the samples that arrived in the window
 
 A sampler process needs time to start (how long nvidia-smi takes was not measured), and a 4k
-call's whole timing lasts about 0.15 s, so one sampler serves many windows. Without nvidia-smi (a CPU machine) or where it
-fails, windows hold no samples and their values are None; nothing else changes.
+call's whole timing lasts about 0.15 s, so one sampler serves many windows. Without nvidia-smi (a
+CPU machine) or where it fails, windows hold no samples and their values are None; nothing else
+changes.
 """
 
 from __future__ import annotations
