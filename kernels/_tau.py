@@ -93,6 +93,20 @@ def gradient_weight(u, power, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
+def gap_below_one(y):
+    """u = [y]_+ for y = z - t, given that every y is at most 1: as one saturated instruction.
+
+    Every threshold t the kernels take a gap against is at least the row's maximum z minus 1
+    (tau >= max - 1, and each bracket's lower end is), so u <= 1 and clamping to [0, 1] is [.]_+.
+    ptxas folds the clamp into the multiply-add that forms y (FFMA.SAT), where max(y, 0) is one
+    more instruction per score (docs/kernels.md, "The gap as one saturated multiply-add"). Where t
+    rounds an ulp of z below max - 1, y may exceed 1 by that ulp; 1 is then also what u is at the
+    exact tau. The one place where y can really exceed 1, the dense pass's sums at a seed
+    threshold in a row whose maximum lies outside the seed tiles, discards those sums."""
+    return tl.clamp(y, 0.0, 1.0)
+
+
+@triton.jit
 def support_indicator(u):
     """1 where u = [y - t]_+ is positive, 0 where it is zero, as floats, in one instruction.
 

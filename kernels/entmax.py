@@ -64,7 +64,7 @@ def _entmax_rows_kernel(X, P, n_rows, n_cols, alpha_minus_one, power, stop_resid
             curvature = tl.zeros([BLOCK_R], dtype=tl.float32)
             for col_begin in range(0, n_cols, BLOCK_C):
                 z = _load_scores(X_rows, row_ok, col_begin + tl.arange(0, BLOCK_C), n_cols, alpha_minus_one)
-                u = tl.maximum(z - shift[:, None] - t[:, None], 0.0)
+                u = _tau.gap_below_one(z - shift[:, None] - t[:, None])
                 tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
                 mass += tile_mass
                 slope += tile_slope
@@ -77,7 +77,7 @@ def _entmax_rows_kernel(X, P, n_rows, n_cols, alpha_minus_one, power, stop_resid
     for col_begin in range(0, n_cols, BLOCK_C):
         cols = col_begin + tl.arange(0, BLOCK_C)
         z = _load_scores(X_rows, row_ok, cols, n_cols, alpha_minus_one)
-        p = _tau.probability(tl.maximum(z - tau[:, None], 0.0), power, ALPHA_MODE)
+        p = _tau.probability(_tau.gap_below_one(z - tau[:, None]), power, ALPHA_MODE)
         tl.store(P_rows + cols[None, :], p.to(P.dtype.element_ty),
                  mask=row_ok[:, None] & (cols[None, :] < n_cols))
 

@@ -340,7 +340,9 @@ def _dense_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_f
         n_allowed += (tile_gap > float("-inf")).to(tl.int32)
         if tile_gap >= bin_floor:
             if SEED_START:
-                u = tl.maximum(raw * z_scale - bin_shift[:, None], 0.0)
+                # u saturates at 1 where a row's maximum lies outside the seed tiles; the caller
+                # discards these sums there (seeds_missed).
+                u = _tau.gap_below_one(raw * z_scale - bin_shift[:, None])
                 tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
                 mass += tile_mass
                 slope += tile_slope
@@ -525,7 +527,7 @@ def _refine_pass(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_
         kt = tl.load(TileList_row + i)
         raw, _ = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt, N,
                               CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
-        u = tl.maximum(raw * z_scale - threshold[:, None], 0.0)
+        u = _tau.gap_below_one(raw * z_scale - threshold[:, None])
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
         slope += tile_slope
@@ -554,7 +556,7 @@ def _output_pass(q, K_head, V_head, kv_head, DocIds_b, row_docs, rows, first_row
         kt = tl.load(TileList_row + i)
         raw, cols = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt,
                                  N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
-        u = tl.maximum(raw * z_scale - tau[:, None], 0.0)
+        u = _tau.gap_below_one(raw * z_scale - tau[:, None])
         g = _tau.gradient_weight(u, power, ALPHA_MODE)
         p = g * u  # u^power, since g = u^(power - 1) (zero off the support)
         v = _load_head_tile(V_head, kv_head, 0, kt * BLOCK_N, N, HEAD_DIM, BLOCK_N, TMA)
@@ -679,9 +681,10 @@ def _final_pass(q, K_head, V_head, kv_head, DocIds_b, row_docs, rows, first_row,
         kt = tl.load(TileList_row + i)
         raw, cols = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt,
                                  N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
-        gap = raw * z_scale - threshold[:, None]
-        _record_slot_max(TileGap_row, i, tl.max(gap, axis=1), 1.0)
-        u = tl.maximum(gap, 0.0)
+        # The rows' largest gaps from their largest raw scores: the same numbers (a multiply-add
+        # rounds monotonically), without a gap per score besides u's.
+        _record_slot_max(TileGap_row, i, tl.max(raw, axis=1) * z_scale - threshold, 1.0)
+        u = _tau.gap_below_one(raw * z_scale - threshold[:, None])
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
         slope += tile_slope
@@ -957,7 +960,7 @@ def _entmax_attention_bwd_dq_kernel(
         needs_mask = _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL,
                                       HAS_DOCS, BLOCK_N)
         raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        g = _tau.gradient_weight(tl.maximum(raw * z_scale - tau[:, None], 0.0), power, ALPHA_MODE)
+        g = _tau.gradient_weight(_tau.gap_below_one(raw * z_scale - tau[:, None]), power, ALPHA_MODE)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = g * (dp - delta[:, None])
         acc = _dot(ds.to(k.dtype), k, acc, DOT_PRECISION)
@@ -1024,7 +1027,7 @@ def _entmax_attention_bwd_dkdv_kernel(
                 allowed = _allowed(rows[None, :], cols[:, None], row_docs[None, :], col_docs[:, None], N,
                                    CAUSAL, HAS_DOCS)
                 raw_t = tl.where(allowed, raw_t, float("-inf"))
-            u_t = tl.maximum(raw_t * z_scale - tau[None, :], 0.0)
+            u_t = _tau.gap_below_one(raw_t * z_scale - tau[None, :])
             p_t = _tau.probability(u_t, power, ALPHA_MODE)
             g_t = _tau.gradient_weight(u_t, power, ALPHA_MODE)
             dv = _dot(p_t.to(do.dtype), do, dv, DOT_PRECISION)
