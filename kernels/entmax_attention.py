@@ -681,10 +681,11 @@ def _final_pass(q, K_head, V_head, kv_head, DocIds_b, row_docs, rows, first_row,
         kt = tl.load(TileList_row + i)
         raw, cols = _tile_scores(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc_q_first, doc_q_last, kt,
                                  N, CAUSAL, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION, TMA)
-        # The rows' largest gaps from their largest raw scores: the same numbers (a multiply-add
-        # rounds monotonically), without a gap per score besides u's.
-        _record_slot_max(TileGap_row, i, tl.max(raw, axis=1) * z_scale - threshold, 1.0)
-        u = _tau.gap_below_one(raw * z_scale - threshold[:, None])
+        gap = raw * z_scale - threshold[:, None]
+        _record_slot_max(TileGap_row, i, tl.max(gap, axis=1), 1.0)
+        # (Not _tau.gap_below_one: the gaps per score are needed here anyway, and taking the rows'
+        # largest gaps from their largest raw scores instead made the output launch 3 % slower.)
+        u = tl.maximum(gap, 0.0)
         tile_mass, tile_slope, tile_curvature = _tau.power_sums(u, power, ALPHA_MODE)
         mass += tile_mass
         slope += tile_slope
@@ -924,6 +925,19 @@ def _entmax_attention_output_kernel(
 
 
 @triton.jit
+def _backward_gap(y, HEAD_DIM: tl.constexpr):
+    """u = [y]_+ for y = z - tau in the backward kernels. As one saturated multiply-add
+    (_tau.gap_below_one) the dQ kernel took 6-7 % less time and the dK/dV kernel 2-3 % at head dim
+    64 on an H200, but at 128 the dK/dV kernel took 1-3 % more (its 255 registers spill more) and the
+    dQ kernel 0-1 % more, so there both keep max(y, 0) (docs/benchmarks.md §1q)."""
+    if HEAD_DIM <= 64:
+        u = _tau.gap_below_one(y)
+    else:
+        u = tl.maximum(y, 0.0)
+    return u
+
+
+@triton.jit
 def _entmax_attention_bwd_dq_kernel(
     Q, K, V, DO, Obar, DQ, TauDelta, Tau, DocIds, TileList, NonzeroCount,
     scale, z_scale, power, N, n_q_tiles, n_k_tiles,
@@ -960,7 +974,7 @@ def _entmax_attention_bwd_dq_kernel(
         needs_mask = _tile_needs_mask(qt * BLOCK_M, kt * BLOCK_N, N, doc_q_first, doc_q_last, DocIds_b, CAUSAL,
                                       HAS_DOCS, BLOCK_N)
         raw = _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N, CAUSAL, HAS_DOCS, DOT_PRECISION)
-        g = _tau.gradient_weight(_tau.gap_below_one(raw * z_scale - tau[:, None]), power, ALPHA_MODE)
+        g = _tau.gradient_weight(_backward_gap(raw * z_scale - tau[:, None], HEAD_DIM), power, ALPHA_MODE)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = g * (dp - delta[:, None])
         acc = _dot(ds.to(k.dtype), k, acc, DOT_PRECISION)
@@ -1027,7 +1041,7 @@ def _entmax_attention_bwd_dkdv_kernel(
                 allowed = _allowed(rows[None, :], cols[:, None], row_docs[None, :], col_docs[:, None], N,
                                    CAUSAL, HAS_DOCS)
                 raw_t = tl.where(allowed, raw_t, float("-inf"))
-            u_t = _tau.gap_below_one(raw_t * z_scale - tau[None, :])
+            u_t = _backward_gap(raw_t * z_scale - tau[None, :], HEAD_DIM)
             p_t = _tau.probability(u_t, power, ALPHA_MODE)
             g_t = _tau.gradient_weight(u_t, power, ALPHA_MODE)
             dv = _dot(p_t.to(do.dtype), do, dv, DOT_PRECISION)
