@@ -244,6 +244,33 @@ def test_support_indicator_and_size_count_the_positive_entries(gen):
     assert torch.equal(sizes.cpu(), positive.sum(dim=1).float())
 
 
+@triton.jit
+def _gap_kernel(Z, Threshold, U, n_cols, BLOCK_C: tl.constexpr):
+    rows = tl.arange(0, 16)
+    cols = tl.arange(0, BLOCK_C)
+    z = tl.load(Z + rows[:, None] * n_cols + cols[None, :], mask=cols[None, :] < n_cols, other=float("-inf"))
+    tl.store(U + rows[:, None] * BLOCK_C + cols[None, :],
+             _tau.gap_below_one(z * 0.5 - tl.load(Threshold + rows)[:, None]))
+
+
+def test_gap_below_one_is_the_positive_part_for_thresholds_at_least_max_minus_one(gen):
+    """gap_below_one (a clamp to [0, 1], one saturated multiply-add on the GPU) is [z - t]_+
+    wherever t >= max(z) - 1, as for every threshold the kernels take a gap against: across
+    magnitudes, with -inf (masked) entries, t exactly max - 1 (u = 1) and t = +inf (padding rows)."""
+    z = torch.randn(16, 100, generator=gen) * 10.0 ** torch.randint(-6, 6, (16, 1), generator=gen)
+    z[3, :50] = float("-inf")
+    half_max = z.max(dim=1).values * 0.5
+    threshold = half_max - 1.0 + torch.rand(16, generator=gen)  # t in [max - 1, max)
+    threshold[0] = half_max[0] - 1.0
+    threshold[1] = float("inf")
+    u = torch.full((16, 128), float("nan"), device=DEVICE)
+    _gap_kernel[(1,)](z.to(DEVICE).contiguous(), threshold.to(DEVICE).contiguous(), u, 100, BLOCK_C=128)
+    expected = (z * 0.5 - threshold[:, None]).clamp_min(0)
+    assert expected.max() <= 1 and expected[0].max() == 1 and expected[1].max() == 0
+    assert torch.equal(u.cpu()[:, :100], expected)
+    assert torch.equal(u.cpu()[:, 100:], torch.zeros(16, 28))
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
 def test_entmax_near_uniform_rows_sum_to_one(alpha):
     x = (torch.randn(2, 4000, generator=torch.Generator().manual_seed(1)) * 1e-3).to(DEVICE)
