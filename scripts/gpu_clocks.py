@@ -27,13 +27,28 @@ import threading
 import time
 
 
+def power_field(executable: str, device_id: str) -> str:
+    """The power reading to sample: power.draw.instant where the driver has it, else power.draw.
+
+    On recent drivers power.draw is a one-second average. Beside a timing of a few hundred
+    milliseconds it shows the load before the timing: on the H200 it read 157 W for adasplash's
+    8k timing, run first after a pause, while power.draw.instant read 680-720 W once such calls ran
+    (docs/benchmarks.md section 1q)."""
+    query = [executable, f"--id={device_id}", "--query-gpu=power.draw.instant", "--format=csv,noheader,nounits"]
+    try:
+        answer = subprocess.run(query, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "power.draw"
+    return "power.draw.instant" if answer.returncode == 0 and parse_sample(f"0, {answer.stdout}") else "power.draw"
+
+
 def nvidia_smi_command(device_id: str, interval_ms: int) -> list[str] | None:
     """nvidia-smi printing "<SM MHz>, <watts>" every interval_ms for one GPU, or None without it."""
     executable = shutil.which("nvidia-smi")
     if executable is None:
         return None
-    return [executable, f"--id={device_id}", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
-            f"--loop-ms={interval_ms}"]
+    return [executable, f"--id={device_id}", f"--query-gpu=clocks.sm,{power_field(executable, device_id)}",
+            "--format=csv,noheader,nounits", f"--loop-ms={interval_ms}"]
 
 
 def cuda_device_id(index: int | None = None) -> str:

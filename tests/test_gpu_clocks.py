@@ -66,6 +66,24 @@ def test_windows_are_empty_without_a_gpu_or_sampler(monkeypatch):
     assert command[0] == "/usr/bin/nvidia-smi" and "--id=GPU-1234" in command and "--loop-ms=50" in command
 
 
+def _fake_smi(tmp_path, name, output, returncode):
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\nimport sys\nprint({output!r})\nsys.exit({returncode})\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_power_is_sampled_instant_where_the_driver_has_it(tmp_path):
+    """power.draw (a one-second average on recent drivers) only where power.draw.instant is missing."""
+    has_instant = _fake_smi(tmp_path, "smi_new", "612.34", 0)
+    assert gpu_clocks.power_field(has_instant, "0") == "power.draw.instant"
+    lacks_instant = _fake_smi(tmp_path, "smi_old", 'Field "power.draw.instant" is not a valid field to query.', 2)
+    assert gpu_clocks.power_field(lacks_instant, "0") == "power.draw"
+    not_a_number = _fake_smi(tmp_path, "smi_na", "[N/A]", 0)
+    assert gpu_clocks.power_field(not_a_number, "0") == "power.draw"
+    assert gpu_clocks.power_field(str(tmp_path / "missing"), "0") == "power.draw"
+
+
 def test_device_id_follows_cuda_visible_devices(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert gpu_clocks.cuda_device_id(1) == "1"
