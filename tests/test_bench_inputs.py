@@ -1,9 +1,11 @@
 """CPU tests of scripts/bench_attention.py: inputs, sparsity measurement, calibration, reporting."""
 
+import contextlib
 import importlib.util
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -379,6 +381,69 @@ def test_wall_timing_stretches_to_enough_calls(bench, monkeypatch, estimate, rep
     assert bench.time_ms(reference.entmax_attention, bench.input_sets_for(q, k, v, n_sets=2), backward=True) == 1.5
     assert seen == {"warmup": warmup, "rep": rep, "leaves": 6}
     assert (bench.MIN_TIMED_CALLS, bench.MIN_WARMUP_CALLS) == (30, 3)
+
+
+class _WallClockEvent:
+    """torch.cuda.Event's part that timed_stretch uses, on the CPU's clock."""
+
+    synchronized = 0
+
+    def record(self):
+        self.at = time.perf_counter()
+
+    def synchronize(self):
+        _WallClockEvent.synchronized += 1
+
+    def elapsed_time(self, end):
+        return (end.at - self.at) * 1e3
+
+
+def test_timed_stretch_times_each_replay_for_the_whole_stretch(bench):
+    """Sustained timing: replays back to back for the stretch's wall time, each one timed, with at
+    most `queued` of them waiting (the oldest is waited for beyond that)."""
+    _WallClockEvent.synchronized = 0
+    start = time.perf_counter()
+    times = bench.timed_stretch(lambda: time.sleep(0.002), 0.1, queued=4, event=_WallClockEvent,
+                                synchronize=lambda: None)
+    elapsed = time.perf_counter() - start
+    assert 0.1 <= elapsed < 0.1 + 0.05
+    assert 10 <= len(times) <= 50 and all(t >= 2.0 for t in times)
+    assert _WallClockEvent.synchronized == len(times) - 4
+
+
+def test_median_of_the_second_half():
+    """The first calls of a stretch run before the clock settles: only the later half counts."""
+    from scripts.bench_attention import median_of_second_half
+
+    assert median_of_second_half([10.0, 10.0, 1.0, 3.0, 2.0, 4.0]) == 3.0
+    assert median_of_second_half([9.0, 9.0, 1.0, 2.0]) == 1.5
+    assert median_of_second_half([5.0]) == 5.0 and median_of_second_half([8.0, 2.0]) == 2.0
+
+
+def test_sustained_timing_idles_before_each_timing_outside_its_clock_window(bench, monkeypatch):
+    """Each method's sustained timing starts after SUSTAINED_PAUSE_S of idling, which its clock
+    window (the row's SM clock and power) leaves out."""
+    from scripts import gpu_clocks
+
+    events = []
+
+    class FakeSampler(gpu_clocks.ClockSampler):
+        @contextlib.contextmanager
+        def window(self):
+            events.append(("window", time.perf_counter()))
+            yield gpu_clocks.ClockWindow()
+
+    monkeypatch.setattr(bench, "ClockSampler", FakeSampler)
+    monkeypatch.setattr(bench, "SUSTAINED_PAUSE_S", 0.05)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
+    monkeypatch.setattr(bench, "time_ms", lambda attention, sets, backward, timing: 2.0 if backward else 1.0)
+    monkeypatch.setattr(bench, "peak_mib", lambda attention, inputs, backward: 5.0)
+    q, k, v = bench.make_qkv(64, 16, 0.5, seed=0, heads=2)
+    rows = bench.bench_case({"a": lambda *t: None, "b": lambda *t: None}, q, k, v, 64, 16, "trained",
+                            (0.5, "kernel"), n_sets=1, timing="sustained")
+    assert [(r.fwd_ms, r.fwd_bwd_ms) for r in rows] == [(1.0, 2.0), (1.0, 2.0)]
+    assert [kind for kind, _ in events] == ["sleep", "window"] * 4 and events[0][1] == 0.05
+    assert bench.parse_args(["--timing", "sustained"]).timing == "sustained"
 
 
 def test_timing_option_is_recorded_and_not_mixed(bench, tmp_path, capsys):
