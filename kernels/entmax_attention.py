@@ -927,7 +927,7 @@ def _entmax_attention_output_kernel(
 @triton.jit
 def _backward_gap(y, HEAD_DIM: tl.constexpr):
     """u = [y]_+ for y = z - tau in the backward kernels. As one saturated multiply-add
-    (_tau.gap_below_one) the dQ kernel took 6-7 % less time and the dK/dV kernel 2-3 % at head dim
+    (_tau.gap_below_one) the dQ kernel took 6-7 % less time and the dK/dV kernel 1-3 % at head dim
     64 on an H200, but at 128 the dK/dV kernel took 1-3 % more (its 255 registers spill more) and the
     dQ kernel 0-2 % more, so there both keep max(y, 0) (docs/benchmarks.md §1q)."""
     if HEAD_DIM <= 64:

@@ -314,7 +314,7 @@ def measure_block_sparsity(q, k, ours=None, n_row_tiles: int = 16) -> tuple[floa
 TIMINGS = ("wall", "graph", "host", "sustained")
 # Sustained timing: each method first idles SUSTAINED_PAUSE_S (bench_case), so that every one starts
 # from the same cool card whatever ran before it, then replays its calls back to back for
-# SUSTAINED_S. On the H200 both adasplash and ours reach the power cap within 0.1 s of load, and
+# SUSTAINED_S. On the H200 both adasplash and ours reach the power cap within 0.1-0.2 s of load, and
 # at the cap ours runs about 7 % below adasplash's clock (docs/benchmarks.md section 1q).
 SUSTAINED_PAUSE_S = 2.0
 SUSTAINED_S = 3.0
