@@ -35,6 +35,7 @@ import functools
 import importlib.metadata
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -356,7 +357,8 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
     launch cost (Python, allocations, autograd) wherever that exceeds the GPU's work. "graph":
     do_bench_cudagraph, the calls replayed from a CUDA graph, so the host drops out and the GPU's
     time remains (docs/benchmarks.md §1f measured both). "host": the host's cost alone (`host_ms`).
-    "sustained": `sustained_ms`, graph replays back to back for SUSTAINED_S (the caller idles first).
+    "sustained": `sustained_ms`, graph replays back to back for SUSTAINED_S, the second half timed
+    (the caller idles first).
     """
     from triton.testing import do_bench, do_bench_cudagraph
 
@@ -365,7 +367,7 @@ def time_ms(attention, input_sets, backward: bool, warmup: int = 25, rep: int = 
     if timing == "host":
         return host_ms(attention, input_sets, backward)
     if timing == "sustained":
-        return sustained_ms(attention, input_sets, backward)
+        return sustained_ms(attention, input_sets, backward)[0]
     if timing == "graph":
         # Capture needs a stream other than the default one.
         with torch.cuda.stream(torch.cuda.Stream()):
@@ -399,20 +401,33 @@ def _estimate_ms(run, leaves, calls: int = 3) -> float:
     return start.elapsed_time(end) / calls
 
 
-def sustained_ms(attention, input_sets, backward: bool, seconds: float = SUSTAINED_S) -> float:
-    """Median milliseconds of one call over the second half of `seconds` of calls replayed back to
-    back from a CUDA graph (one call per input set): the time at the clock the card settles at under
-    this method's own load. Gradients are returned, not accumulated, as in "graph" timing."""
+def sustained_ms(attention, input_sets, backward: bool, seconds: float = SUSTAINED_S, window=None):
+    """(median milliseconds of one call, the clock window of the timed calls): calls replayed back
+    to back from a CUDA graph (one call per input set) for `seconds`, of which the second half is
+    timed (`settled_stretch`): the time at the clock the card settles at under this method's own
+    load. `window` is a ClockSampler's; without one the window holds no samples. Gradients are
+    returned, not accumulated, as in "graph" timing."""
     run = _cycle(attention, input_sets, backward, accumulate=False)
     with torch.cuda.stream(torch.cuda.Stream()):  # capture needs a stream other than the default one
-        run()  # compiling, autotuning and the allocator's first blocks stay out of the graph
+        run()  # compiling, autotuning and the allocator's first blocks stay out of the graph and the window
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for _ in input_sets:
                 run()
-        replay_ms = timed_stretch(graph.replay, seconds)
-    return median_of_second_half(replay_ms) / len(input_sets)
+        ms, clocks = settled_stretch(graph.replay, seconds, window or ClockSampler().window)
+    return ms / len(input_sets), clocks
+
+
+def settled_stretch(replay, seconds: float, window, **stretch_options):
+    """(median milliseconds of one replay, its ClockWindow): replays back to back for `seconds`;
+    the first half lets the clock settle and is discarded, the second is timed and its clock and
+    power sampled in `window` (a ClockSampler's). Between the halves the GPU idles only while the
+    host issues the next replay. `stretch_options` go to timed_stretch (tests)."""
+    timed_stretch(replay, seconds / 2, **stretch_options)
+    with window() as clocks:
+        replay_ms = timed_stretch(replay, seconds / 2, **stretch_options)
+    return statistics.median(replay_ms), clocks
 
 
 def timed_stretch(replay, seconds: float, queued: int = 8, event=None, synchronize=None) -> list[float]:
@@ -433,14 +448,6 @@ def timed_stretch(replay, seconds: float, queued: int = 8, event=None, synchroni
             pairs[-1 - queued][1].synchronize()
     synchronize()
     return [begin.elapsed_time(end) for begin, end in pairs]
-
-
-def median_of_second_half(values: list[float]) -> float:
-    """The median of the later half of `values` (all of them when there is one): a sustained
-    stretch's first calls run before the clock settles."""
-    later = sorted(values[len(values) // 2:])
-    middle = len(later) // 2
-    return later[middle] if len(later) % 2 else 0.5 * (later[middle - 1] + later[middle])
 
 
 def host_ms(attention, input_sets, backward: bool, calls: int = 20, repeats: int = 10) -> float:
@@ -539,11 +546,14 @@ def _measure_row(row: BenchRow, attention, input_sets, qkv, backward: bool, timi
 
 def _timed(attention, input_sets, backward: bool, timing: str, sampler):
     """time_ms, and the clock window of its timed calls. Sustained timing idles SUSTAINED_PAUSE_S
-    first, outside the window, so that no method inherits the clock another one's load left."""
+    first, so that no method inherits the clock another one's load left, and its window spans only
+    the timed half of its stretch (sustained_ms): a method's first call (where adasplash autotunes,
+    seconds at low power) and the settling half would otherwise dilute the row's clock and power."""
     if timing == "sustained":
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         time.sleep(SUSTAINED_PAUSE_S)
+        return sustained_ms(attention, input_sets, backward, window=sampler.window)
     with sampler.window() as clocks:
         ms = time_ms(attention, input_sets, backward=backward, timing=timing)
     return ms, clocks

@@ -411,13 +411,26 @@ def test_timed_stretch_times_each_replay_for_the_whole_stretch(bench):
     assert _WallClockEvent.synchronized == len(times) - 4
 
 
-def test_median_of_the_second_half():
-    """The first calls of a stretch run before the clock settles: only the later half counts."""
-    from scripts.bench_attention import median_of_second_half
+def test_settled_stretch_times_and_samples_only_the_second_half(bench):
+    """The first half of a sustained stretch runs before the clock settles: it is neither timed
+    nor sampled; the second half gives the median and the clock window."""
+    events = []
 
-    assert median_of_second_half([10.0, 10.0, 1.0, 3.0, 2.0, 4.0]) == 3.0
-    assert median_of_second_half([9.0, 9.0, 1.0, 2.0]) == 1.5
-    assert median_of_second_half([5.0]) == 5.0 and median_of_second_half([8.0, 2.0]) == 2.0
+    @contextlib.contextmanager
+    def window():
+        events.append(("open", time.perf_counter()))
+        yield "clocks"
+        events.append(("close", time.perf_counter()))
+
+    durations = iter([0.004] * 20 + [0.001, 0.003, 0.002] * 100)
+    start = time.perf_counter()
+    ms, clocks = bench.settled_stretch(lambda: time.sleep(next(durations)), 0.16, window, queued=2,
+                                       event=_WallClockEvent, synchronize=lambda: None)
+    assert clocks == "clocks" and [kind for kind, _ in events] == ["open", "close"]
+    # the window opens after the settling half and closes at the end of the timed one
+    assert 0.08 <= events[0][1] - start < 0.08 + 0.04 and 0.16 <= events[1][1] - start < 0.16 + 0.05
+    # the settling half's 4 ms replays are not in the median of the 1-3 ms ones after it
+    assert 1.9 <= ms < 2.6
 
 
 def test_sustained_timing_idles_before_each_timing_outside_its_clock_window(bench, monkeypatch):
@@ -436,7 +449,12 @@ def test_sustained_timing_idles_before_each_timing_outside_its_clock_window(benc
     monkeypatch.setattr(bench, "ClockSampler", FakeSampler)
     monkeypatch.setattr(bench, "SUSTAINED_PAUSE_S", 0.05)
     monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
-    monkeypatch.setattr(bench, "time_ms", lambda attention, sets, backward, timing: 2.0 if backward else 1.0)
+
+    def sustained_ms(attention, sets, backward, window):
+        with window() as clocks:
+            return (2.0 if backward else 1.0), clocks
+
+    monkeypatch.setattr(bench, "sustained_ms", sustained_ms)
     monkeypatch.setattr(bench, "peak_mib", lambda attention, inputs, backward: 5.0)
     q, k, v = bench.make_qkv(64, 16, 0.5, seed=0, heads=2)
     rows = bench.bench_case({"a": lambda *t: None, "b": lambda *t: None}, q, k, v, 64, 16, "trained",
