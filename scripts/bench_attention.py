@@ -296,6 +296,10 @@ class BenchRow:
     # the forward without a backward), sampled by nvidia-smi (scripts/gpu_clocks.py); None without.
     sm_mhz: float | None = None
     power_w: float | None = None
+    # The same for the forward's time when a backward follows (JSON only): with the two, energy per
+    # call splits into forward and backward (power x time; docs/kernels.md, What remains, Power).
+    fwd_sm_mhz: float | None = None
+    fwd_power_w: float | None = None
 
 
 def measure_block_sparsity(q, k, ours=None, n_row_tiles: int = 16) -> tuple[float, str]:
@@ -527,6 +531,7 @@ def _measure_row(row: BenchRow, attention, input_sets, qkv, backward: bool, timi
     try:
         row.fwd_ms, clocks = _timed(attention, input_sets, False, timing, sampler)
         if backward:
+            row.fwd_sm_mhz, row.fwd_power_w = clocks.sm_mhz, clocks.power_w
             row.fwd_bwd_ms, clocks = _timed(attention, input_sets, True, timing, sampler)
         row.sm_mhz, row.power_w = clocks.sm_mhz, clocks.power_w
         row.peak_mib = peak_mib(attention, input_sets[0], backward=backward)

@@ -435,7 +435,8 @@ def test_settled_stretch_times_and_samples_only_the_second_half(bench):
 
 def test_sustained_timing_idles_before_each_timing_outside_its_clock_window(bench, monkeypatch):
     """Each method's sustained timing starts after SUSTAINED_PAUSE_S of idling, which its clock
-    window (the row's SM clock and power) leaves out."""
+    window (the row's SM clock and power) leaves out. The forward's window goes to fwd_sm_mhz and
+    fwd_power_w, the forward+backward's to sm_mhz and power_w."""
     from scripts import gpu_clocks
 
     events = []
@@ -444,7 +445,9 @@ def test_sustained_timing_idles_before_each_timing_outside_its_clock_window(benc
         @contextlib.contextmanager
         def window(self):
             events.append(("window", time.perf_counter()))
-            yield gpu_clocks.ClockWindow()
+            clocks = gpu_clocks.ClockWindow()
+            clocks.samples = [(1000.0 + len(events), 100.0 + len(events))]
+            yield clocks
 
     monkeypatch.setattr(bench, "ClockSampler", FakeSampler)
     monkeypatch.setattr(bench, "SUSTAINED_PAUSE_S", 0.05)
@@ -461,6 +464,8 @@ def test_sustained_timing_idles_before_each_timing_outside_its_clock_window(benc
                             (0.5, "kernel"), n_sets=1, timing="sustained")
     assert [(r.fwd_ms, r.fwd_bwd_ms) for r in rows] == [(1.0, 2.0), (1.0, 2.0)]
     assert [kind for kind, _ in events] == ["sleep", "window"] * 4 and events[0][1] == 0.05
+    assert [(r.fwd_sm_mhz, r.fwd_power_w, r.sm_mhz, r.power_w) for r in rows] == [
+        (1002.0, 102.0, 1004.0, 104.0), (1006.0, 106.0, 1008.0, 108.0)]
     assert bench.parse_args(["--timing", "sustained"]).timing == "sustained"
 
 
