@@ -55,6 +55,15 @@ NUM_BINS = 8
 # needed two from 0.56-0.72 on (docs/experiments/sim_seed_threshold.py). A wrong guess costs a
 # pass, not accuracy, as long as n_iter >= 3 leaves the output launch a fallback pass (default 4).
 SEED_STRAIGHT_RESIDUAL = 0.5
+# The first Halley step from the seed sums (_start_from_sums) lands below tau, and the further the
+# larger the sums' excess mass e = mass - 1 at the seed threshold t_s: replayed in float64 on the
+# bench inputs (head dim 128, 8k, long and trained), (tau - t) / (t - t_s) has a median of 1e-5
+# for e < 0.05 and of 0.046, 0.059 and 0.082 for e in [0.9, 1.1), [1.1, 1.4) and [1.4, 2). The
+# start moves t up by START_PUSH * e^1.5 * (t - t_s) (fit there), within the bracket. Replayed, the refinement passes per query tile after the start
+# fall from 1.53-1.55 to 1.20-1.24 in the long regime (4k-16k) and from 1.48-1.50 to 1.00-1.06 in
+# the trained one; at head dim 64 they stay level or fall (docs/kernels.md, "Start push"). A wrong
+# guess costs a pass, not accuracy: the bracket is unchanged.
+START_PUSH = tl.constexpr(0.045)
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
 # Register cap (ptxas's maxnreg) of the threshold launch where it applies (_tau_launch_options).
@@ -394,7 +403,8 @@ def _seed_threshold(q, K_head, kv_head, DocIds_b, row_docs, rows, first_row, doc
 
 
 @triton.jit
-def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, straight_residual):
+def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, straight_residual,
+                     PUSH: tl.constexpr):
     """The bracket and first Halley step from power sums taken at t_sums, a lower bound of t (the
     seed threshold, in the shifted units where t is in [0, 1)); mass(t_sums) >= 1 there.
 
@@ -403,7 +413,8 @@ def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, str
     least the mass at every t >= t_sums (the elements of S below t add (u - d)^2 > 0 to it and
     nothing to the mass), so its root is at least tau. Returns t, lo, hi, whether that step is the
     last one (_tau.all_converged) and whether the next pass can be the last (residual within
-    straight_residual, docs/kernels.md "Seed threshold")."""
+    straight_residual, docs/kernels.md "Seed threshold"). Unless that step is the last one, t is
+    moved up by PUSH * e^1.5 * (t - t_sums), e = mass - 1 (START_PUSH; 0 leaves the Halley step)."""
     # Both ends get a margin for fp32 rounding: where no element leaves the support between t_sums
     # and tau (tied scores), the root is tau itself and could round below it, clamping every later
     # step under tau; the seed threshold can round a few ulps above tau (found in review).
@@ -421,6 +432,10 @@ def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, str
     lo = tl.maximum(lo_step, lo)
     t = tl.minimum(tl.maximum(t, lo), hi)
     converged = _tau.all_converged(mass, solving, stop_residual).to(tl.int32)
+    # The step undershoots tau the more, the larger the excess mass at t_sums (START_PUSH).
+    excess = tl.where(solving & (mass > 1.0), mass - 1.0, 0.0)
+    pushed = t + PUSH * excess * tl.sqrt(excess) * (t - tl.maximum(t_sums, 0.0))
+    t = tl.where(converged != 0, t, tl.minimum(tl.maximum(pushed, lo), hi))
     straight = _tau.all_converged(mass, solving, straight_residual).to(tl.int32)
     return t, lo, hi, converged, straight
 
@@ -804,7 +819,7 @@ def _entmax_attention_tau_kernel(
         has_sums = solving & (dense_shift < float("inf"))
         t_sums = tl.where(has_sums, dense_shift, 0.0) - tl.where(has_sums, shift, 0.0)
         sums_t, sums_lo, sums_hi, sums_converged, sums_straight = _start_from_sums(
-            t_sums, mass, slope, curvature, solving, stop_residual, straight_residual)
+            t_sums, mass, slope, curvature, solving, stop_residual, straight_residual, START_PUSH)
         from_sums = seeds_missed == 0
         t = tl.where(from_sums, sums_t, t)
         lo = tl.where(from_sums, sums_lo, lo)

@@ -302,6 +302,73 @@ def test_tile_gaps_with_a_reference_far_below_the_scores(gen):
     assert rel_error(out, expected) <= 1e-5
 
 
+@triton.jit
+def _seed_start_probe(TSums, Mass, Slope, Curvature, Out, stop_residual, ROWS: tl.constexpr, PUSH: tl.constexpr):
+    """_start_from_sums on given per-row power sums; Out gets t, lo and hi per row."""
+    rows = tl.arange(0, ROWS)
+    mass = tl.load(Mass + rows)
+    t, lo, hi, _, _ = attention_module._start_from_sums(tl.load(TSums + rows), mass, tl.load(Slope + rows),
+                                                        tl.load(Curvature + rows), mass > 0, stop_residual, 0.5,
+                                                        PUSH)
+    tl.store(Out + rows, t)
+    tl.store(Out + ROWS + rows, lo)
+    tl.store(Out + 2 * ROWS + rows, hi)
+
+
+def _mass_at(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """sum_j [y_j - t]_+^2 per row (alpha = 1.5 in the shifted units), float64."""
+    return ((y - t[:, None]).clamp(min=0) ** 2).sum(1)
+
+
+def _threshold_by_bisection(y: torch.Tensor) -> torch.Tensor:
+    """t with _mass_at(y, t) = 1 per row, to float64 precision."""
+    lo = torch.full(y.shape[:1], -60.0, dtype=torch.float64)
+    hi = y.amax(1)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = _mass_at(y, mid) > 1
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+@pytest.mark.parametrize("n, query_tile", [(1024, 15), (1024, 8), (2048, 31)])
+def test_start_push_lands_nearer_tau(n, query_tile):
+    """The seed start's push (START_PUSH, docs/kernels.md "Start push"): on the bench's long-regime
+    inputs (head dim 128), the start's t moves up from the Halley step, stays in the bracket, which
+    still holds tau, and leaves the query tile's largest residual |sum p - 1| at most half the plain
+    step's (float64 replays: 3-10 times smaller). Sums that already converge keep the Halley step."""
+    from scripts.bench_attention import make_qk
+
+    q, k = make_qk(n, 128, "long", heads=1, dtype=torch.bfloat16)
+    q, k = q[0, 0].double(), k[0, 0].double()
+    first, keys = query_tile * 64, (query_tile + 1) * 64
+    z = 0.5 / 128 ** 0.5 * (q[first:keys] @ k[:keys].T)  # (alpha - 1) * scale * q.k
+    z = z.masked_fill(torch.arange(keys)[None, :] > torch.arange(first, keys)[:, None], float("-inf"))
+    y = z - (z.amax(1, keepdim=True) - 1)  # the kernel's shifted units: tau in [0, 1)
+    seeds = torch.cat([y[:, :64], y[:, first - 64:]], 1)  # the first key tile and the two up to the diagonal
+    t_seed = _threshold_by_bisection(seeds)  # a lower bound of tau, as the kernel's seed threshold
+    u = (y - t_seed[:, None]).clamp(min=0)
+    sums = [(u * u).sum(1), -2 * u.sum(1), 2 * (u > 0).sum(1).double()]  # mass, slope, curvature
+    tau = _threshold_by_bisection(y)
+
+    def start(push, stop_residual=1e-2):
+        out = torch.full((3 * 64,), float("nan"), device=DEVICE)
+        _seed_start_probe[(1,)](*(x.to(DEVICE, torch.float32) for x in (t_seed, *sums)), out, stop_residual,
+                                ROWS=64, PUSH=push)
+        return out.view(3, 64).double().cpu()
+
+    (t_plain, _, _), (t_pushed, lo, hi) = start(0.0), start(attention_module.START_PUSH.value)
+    assert not torch.isnan(t_pushed).any()
+    assert ((lo <= tau + 1e-5) & (tau <= hi + 1e-5)).all(), "the bracket lost tau"
+    assert ((lo <= t_pushed) & (t_pushed <= hi)).all()
+    assert (t_pushed >= t_plain).all() and (t_pushed > t_plain).any()
+    residual_plain = (_mass_at(y, t_plain) - 1).abs().max()
+    residual_pushed = (_mass_at(y, t_pushed) - 1).abs().max()
+    assert residual_pushed <= 0.5 * residual_plain, (residual_pushed, residual_plain)
+    # A tile whose sums are within the stop residual takes the Halley step as the last one, unpushed.
+    assert torch.equal(start(attention_module.START_PUSH.value, stop_residual=1e3)[0], start(0.0, 1e3)[0])
+
+
 @pytest.mark.parametrize("block", [(64, 16), (32, 32)])
 def test_seed_start_tied_keys_sum_to_one(gen, block):
     """Exactly tied keys: no score leaves the support between the seed threshold and tau, so the
