@@ -13,7 +13,8 @@ first (_entmax_attention_tau_kernel) finds tau:
 3. the start: from the histogram, per-row counts of y = z - (m - 1) in [0, 1], a bracket for tau
    one bin wide (kernels/_tau.py; a separate pass over the candidates recomputes it only for query
    tiles where some row's maximum lies outside the seed tiles); at alpha = 1.5, from the dense
-   pass's sums, a bracket and a first Halley step (_start_from_sums);
+   pass's sums, a bracket and a first Halley step, pushed up toward tau (_start_from_sums,
+   START_PUSH);
 4. at most n_iter Halley passes over the listed tiles; after the start and after each step,
    tiles whose stored maximum is at or below every row's lower bound of tau (never above the
    final tau) are dropped, at no matrix-product cost.
