@@ -58,9 +58,9 @@ NUM_BINS = 8
 SEED_STRAIGHT_RESIDUAL = 0.5
 # The first Halley step from the seed sums (_start_from_sums) lands below tau, and the further the
 # larger the sums' excess mass e = mass - 1 at the seed threshold t_s: replayed in float64 on the
-# bench inputs (head dim 128, 8k, long and trained), (tau - t) / (t - t_s) has a median of 1e-5
-# for e < 0.05 and of 0.046, 0.059 and 0.082 for e in [0.9, 1.1), [1.1, 1.4) and [1.4, 2). The
-# start moves t up by START_PUSH * e^1.5 * (t - t_s) (fit there), within the bracket. Replayed, the refinement passes per query tile after the start
+# bench inputs (head dim 128, 8k, long and trained), (tau - t) / (t - t_s) has a median of at most
+# 4e-5 for e < 0.05 and of 0.046, 0.059 and 0.082 for e in [0.9, 1.1), [1.1, 1.4) and [1.4, 2).
+# The start moves t up by START_PUSH * e^1.5 * (t - max(t_s, 0)) (fit there), within the bracket. Replayed, the refinement passes per query tile after the start
 # fall from 1.53-1.55 to 1.20-1.24 in the long regime (4k-16k) and from 1.48-1.50 to 1.00-1.06 in
 # the trained one; at head dim 64 they stay level or fall (docs/kernels.md, "Start push"). A wrong
 # guess costs a pass, not accuracy: the bracket is unchanged.

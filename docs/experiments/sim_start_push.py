@@ -64,26 +64,41 @@ def pushed_start(y, t_seed, t, lo, hi, push: float) -> torch.Tensor:
     return torch.minimum(torch.maximum(t + push * excess * excess.sqrt() * (t - t_seed), lo), hi)
 
 
+def passes_and_error(y, t, lo, hi, stop: float, cap: int = 12) -> tuple[int, float]:
+    """sim_seed_threshold.passes_until_converged, and the largest |sum p - 1| after the last step."""
+    for count in range(1, cap + 1):
+        mass, slope, curvature = solver.sums(y, t)
+        done = (mass - 1).abs().max().item() <= stop
+        t, lo, hi = solver.halley(t, lo, hi, mass, slope, curvature)
+        if done:
+            break
+    return count, (solver.sums(y, t)[0] - 1).abs().max().item()
+
+
 def simulate(n, d, regime, heads, stride, pushes, stop, first_head=0) -> None:
-    solver.STOP = stop
     offsets, excesses = [], []
     passes = {push: collections.Counter() for push in pushes}
+    worst = dict.fromkeys(pushes, 0.0)
     for y, t_seed, t, lo, hi, residual, weight in query_tiles(n, d, regime, heads, stride, first_head):
         if residual <= stop:  # the sums converged: the start's step is the last one
+            error = (solver.sums(y, t)[0] - 1).abs().max().item()
             for push in pushes:
                 passes[push][0] += weight
+                worst[push] = max(worst[push], error)
             continue
         offsets.append((exact_threshold(y) - t) / (t - t_seed))
         excesses.append((solver.sums(y, t_seed)[0] - 1).clamp(min=0))
         for push in pushes:
-            start = pushed_start(y, t_seed, t, lo, hi, push)
-            passes[push][solver.passes_until_converged(y, start, lo, hi)] += weight
-    print(f"N {n} D {d} {regime}, heads {first_head}-{heads - 1}, stop residual {stop:g}: refinement passes per query tile after the start, "
-          "length-weighted")
+            count, error = passes_and_error(y, pushed_start(y, t_seed, t, lo, hi, push), lo, hi, stop)
+            passes[push][count] += weight
+            worst[push] = max(worst[push], error)
+    print(f"N {n} D {d} {regime}, heads {first_head}-{heads - 1}, stop residual {stop:g}: refinement passes per "
+          "query tile after the start, length-weighted (largest |sum p - 1| at the final threshold)")
     for push, counts in passes.items():
         total = sum(counts.values())
         shares = ", ".join(f"{c}: {v / total:.2f}" for c, v in sorted(counts.items()))
-        print(f"    push {push:g}: {sum(c * v for c, v in counts.items()) / total:.3f} ({shares})")
+        print(f"    push {push:g}: {sum(c * v for c, v in counts.items()) / total:.3f} ({shares}; "
+              f"final error {worst[push]:.1e})")
     if not offsets:
         return
     offset, excess = torch.cat(offsets), torch.cat(excesses)
