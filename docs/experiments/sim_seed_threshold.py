@@ -69,15 +69,22 @@ def halley(t, lo, hi, mass, slope, curvature):
     return t, lo, hi
 
 
-def passes_until_converged(y, t, lo, hi, cap=12):
-    """Passes (power sums at t, then a Halley step) until one finds every row within STOP."""
+def solve_until_converged(y, t, lo, hi, stop=None, cap=12):
+    """Passes (power sums at t, then a Halley step) until one finds every row within the stop
+    residual (STOP unless given), and the threshold after that pass's step."""
+    stop = STOP if stop is None else stop
     for n in range(1, cap + 1):
         mass, slope, curvature = sums(y, t)
-        done = (mass - 1).abs().max().item() <= STOP
+        done = (mass - 1).abs().max().item() <= stop
         t, lo, hi = halley(t, lo, hi, mass, slope, curvature)
         if done:
-            return n
-    return cap
+            return n, t
+    return cap, t
+
+
+def passes_until_converged(y, t, lo, hi, cap=12):
+    """Passes (power sums at t, then a Halley step) until one finds every row within STOP."""
+    return solve_until_converged(y, t, lo, hi, cap=cap)[0]
 
 
 def seed_threshold(z: torch.Tensor, seeds: list[int], seed_solve: str = "halley") -> torch.Tensor:

@@ -64,14 +64,9 @@ def pushed_start(y, t_seed, t, lo, hi, push: float) -> torch.Tensor:
     return torch.minimum(torch.maximum(t + push * excess * excess.sqrt() * (t - t_seed), lo), hi)
 
 
-def passes_and_error(y, t, lo, hi, stop: float, cap: int = 12) -> tuple[int, float]:
-    """sim_seed_threshold.passes_until_converged, and the largest |sum p - 1| after the last step."""
-    for count in range(1, cap + 1):
-        mass, slope, curvature = solver.sums(y, t)
-        done = (mass - 1).abs().max().item() <= stop
-        t, lo, hi = solver.halley(t, lo, hi, mass, slope, curvature)
-        if done:
-            break
+def passes_and_error(y, t, lo, hi, stop: float) -> tuple[int, float]:
+    """The passes until the stop residual holds, and the largest |sum p - 1| after the last step."""
+    count, t = solver.solve_until_converged(y, t, lo, hi, stop)
     return count, (solver.sums(y, t)[0] - 1).abs().max().item()
 
 
