@@ -60,10 +60,11 @@ SEED_STRAIGHT_RESIDUAL = 0.5
 # larger the sums' excess mass e = mass - 1 at the seed threshold t_s: replayed in float64 on the
 # bench inputs (head dim 128, 8k, long and trained), (tau - t) / (t - t_s) has a median of at most
 # 4e-5 for e < 0.05 and of 0.046, 0.059 and 0.082 for e in [0.9, 1.1), [1.1, 1.4) and [1.4, 2).
-# The start moves t up by START_PUSH * e^1.5 * (t - max(t_s, 0)) (fit there), within the bracket. Replayed, the refinement passes per query tile after the start
-# fall from 1.53-1.55 to 1.20-1.24 in the long regime (4k-16k) and from 1.48-1.50 to 1.00-1.06 in
-# the trained one; at head dim 64 they stay level or fall (docs/kernels.md, "Start push"). A wrong
-# guess costs a pass, not accuracy: the bracket is unchanged.
+# The start moves t up by START_PUSH * e^1.5 * (t - max(t_s, 0)) (fit there), within the bracket.
+# Replayed, the refinement passes per query tile after the start fall from 1.53-1.55 to 1.20-1.24
+# in the long regime (4k-16k) and from 1.48-1.50 to 1.00-1.06 in the trained one; at head dim 64
+# they stay level or fall (docs/kernels.md, "Start push"). A wrong guess costs a pass, not
+# accuracy: the bracket is unchanged.
 START_PUSH = tl.constexpr(0.045)
 # Entries of a per-query-tile list handled at once when lists are compacted.
 _COMPACTION_CHUNK = 128
@@ -415,7 +416,8 @@ def _start_from_sums(t_sums, mass, slope, curvature, solving, stop_residual, str
     nothing to the mass), so its root is at least tau. Returns t, lo, hi, whether that step is the
     last one (_tau.all_converged) and whether the next pass can be the last (residual within
     straight_residual, docs/kernels.md "Seed threshold"). Unless that step is the last one, t is
-    moved up by PUSH * e^1.5 * (t - t_sums), e = mass - 1 (START_PUSH; 0 leaves the Halley step)."""
+    moved up by PUSH * e^1.5 * (t - max(t_sums, 0)), e = mass - 1 (START_PUSH; 0 leaves the Halley
+    step)."""
     # Both ends get a margin for fp32 rounding: where no element leaves the support between t_sums
     # and tau (tied scores), the root is tau itself and could round below it, clamping every later
     # step under tau; the seed threshold can round a few ulps above tau (found in review).
