@@ -20,7 +20,7 @@ import triton.language as tl  # noqa: E402
 import kernels  # noqa: E402
 from kernels import _tau, reference  # noqa: E402
 
-from helpers import rel_error  # noqa: E402
+from helpers import exact_threshold, rel_error  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("kernels_runnable")
 
@@ -132,17 +132,6 @@ def _shifted_rows(gen, n_rows, n_cols, alpha):
     return (z - (z.max(dim=-1, keepdim=True).values - 1)).float()
 
 
-def _exact_t(y, alpha):
-    """t = tau - (max - 1) in float64 by bisection (the root of sum [y - t]_+^(1/(alpha-1)) = 1)."""
-    y = y.double()
-    lo, hi = torch.zeros(y.shape[0], dtype=torch.float64), torch.ones(y.shape[0], dtype=torch.float64)
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        above = ((y - mid[:, None]).clamp_min(0) ** (1 / (alpha - 1))).sum(-1) >= 1
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return lo
-
-
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.75])
 def test_tau_bracket_and_refinement(gen, alpha):
     n_rows, n_cols, n_iter = 64, 100, 4
@@ -152,7 +141,7 @@ def test_tau_bracket_and_refinement(gen, alpha):
                                        ALPHA_MODE=_tau.alpha_mode(alpha), N_ITER=n_iter)
     trace = trace.double().cpu()
     assert torch.isfinite(trace).all()
-    exact = _exact_t(y, alpha)
+    exact = exact_threshold(y, alpha)  # t = tau - (max - 1), y's maxima being 1
     slack = 1e-6  # fp32 rounding of the bracket ends
     lo, hi, _ = trace[0]
     assert (hi - lo <= 1 / NUM_BINS + slack).all(), "the histogram bracket is one bin wide"

@@ -27,7 +27,7 @@ import triton.language as tl  # noqa: E402
 import kernels  # noqa: E402
 from kernels import _tau, reference  # noqa: E402
 
-from helpers import rel_error  # noqa: E402
+from helpers import exact_threshold, rel_error  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("kernels_runnable")
 
@@ -320,17 +320,6 @@ def _mass_at(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return ((y - t[:, None]).clamp(min=0) ** 2).sum(1)
 
 
-def _threshold_by_bisection(y: torch.Tensor) -> torch.Tensor:
-    """t with _mass_at(y, t) = 1 per row, to float64 precision."""
-    lo = torch.full(y.shape[:1], -60.0, dtype=torch.float64)
-    hi = y.amax(1)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        above = _mass_at(y, mid) > 1
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return 0.5 * (lo + hi)
-
-
 @pytest.mark.parametrize("n, query_tile", [(1024, 15), (1024, 8), (2048, 31)])
 def test_start_push_lands_nearer_tau(n, query_tile):
     """The seed start's push (START_PUSH, docs/kernels.md "Start push"): on the bench's long-regime
@@ -346,10 +335,10 @@ def test_start_push_lands_nearer_tau(n, query_tile):
     z = z.masked_fill(torch.arange(keys)[None, :] > torch.arange(first, keys)[:, None], float("-inf"))
     y = z - (z.amax(1, keepdim=True) - 1)  # the kernel's shifted units: tau in [0, 1)
     seeds = torch.cat([y[:, :64], y[:, first - 64:]], 1)  # the first key tile and the two up to the diagonal
-    t_seed = _threshold_by_bisection(seeds)  # a lower bound of tau, as the kernel's seed threshold
+    t_seed = exact_threshold(seeds)  # a lower bound of tau, as the kernel's seed threshold
     u = (y - t_seed[:, None]).clamp(min=0)
     sums = [(u * u).sum(1), -2 * u.sum(1), 2 * (u > 0).sum(1).double()]  # mass, slope, curvature
-    tau = _threshold_by_bisection(y)
+    tau = exact_threshold(y)
 
     def start(push, stop_residual=1e-2):
         out = torch.full((3 * 64,), float("nan"), device=DEVICE)

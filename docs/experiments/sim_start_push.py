@@ -26,20 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import sim_seed_threshold as solver  # noqa: E402
+from sim_seed_gaps import exact_tau  # noqa: E402
 from scripts.bench_attention import make_qk  # noqa: E402
 
 EXCESS_BINS = (0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.1, 1.4, 2, math.inf)
-
-
-def exact_threshold(y: torch.Tensor) -> torch.Tensor:
-    """t with sum_j [y_j - t]_+^2 = 1 per row, by bisection on [-60, 1] (y <= 1)."""
-    lo = torch.full(y.shape[:1], -60.0, dtype=torch.float64)
-    hi = torch.ones(y.shape[:1], dtype=torch.float64)
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        above = solver.sums(y, mid)[0] > 1
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return 0.5 * (lo + hi)
 
 
 def query_tiles(n: int, d: int, regime: str, heads: int, stride: int, first_head: int = 0):
@@ -81,7 +71,7 @@ def simulate(n, d, regime, heads, stride, pushes, stop, first_head=0) -> None:
                 passes[push][0] += weight
                 worst[push] = max(worst[push], error)
             continue
-        offsets.append((exact_threshold(y) - t) / (t - t_seed))
+        offsets.append((exact_tau(y) - t) / (t - t_seed))
         excesses.append((solver.sums(y, t_seed)[0] - 1).clamp(min=0))
         for push in pushes:
             count, error = passes_and_error(y, pushed_start(y, t_seed, t, lo, hi, push), lo, hi, stop)
