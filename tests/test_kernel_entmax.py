@@ -169,7 +169,7 @@ def test_tau_bracket_and_refinement(gen, alpha):
 
 def test_stop_residual():
     assert _tau.stop_residual(1.5, False) == pytest.approx(2e-3)  # 2 * sqrt(1e-6)
-    assert _tau.stop_residual(1.5, True) == 1e-2  # capped (2 * sqrt(1e-4) = 2e-2)
+    assert _tau.stop_residual(1.5, True) == pytest.approx(2e-2)  # 2 * sqrt(1e-4), at the cap
     assert _tau.stop_residual(2.0, False) == pytest.approx(1e-6)
     assert _tau.stop_residual(2.0, True) == pytest.approx(1e-4)
 
