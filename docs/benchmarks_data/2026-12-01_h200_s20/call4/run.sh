@@ -1,0 +1,1 @@
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site TRITON_CACHE_DIR=$PWD/.cache/triton; timeout 480 python3 -m pytest -q tests/test_kernel_gpu.py -x 2>&1 | tail -8
