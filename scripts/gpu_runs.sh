@@ -9,6 +9,9 @@
 #   bench      scripts/bench_attention.py, one process per (N, D) (env BENCH_SEQLENS, BENCH_HEAD_DIMS,
 #              BENCH_REGIMES, BENCH_METHODS, BENCH_TIMING, BENCH_TIMEOUT), then one table and plot under
 #              $ADASPLASH_RUNS/bench (docs/benchmarks.md §1c: 32k at D 128 needs more than 300 s)
+#   traffic    Nsight Compute's L2 and DRAM bytes per kernel of one warmed-up forward+backward call, ours
+#              and adasplash (env TRAFFIC_SEQLENS, TRAFFIC_HEAD_DIM, TRAFFIC_REGIME, TRAFFIC_METHODS), as
+#              one table under $ADASPLASH_RUNS/traffic (scripts/l2_traffic.py)
 #   summary    tokens/s and final losses of every run under $ADASPLASH_RUNS as a markdown table
 #   profile    Nsight Compute PC sampling of the entmax forward's threshold launch (8k, D 64, trained
 #              inputs), its share of stall samples per pass (scripts/ncu_phases.py) under $ADASPLASH_RUNS/profile
@@ -86,6 +89,25 @@ profile() {
     "$py" -m scripts.bench_attention --seqlens ${PROFILE_SEQLEN:-8192} --head-dims 64 --regimes trained --methods ours
   ncu -i "$dir/fwd.ncu-rep" --page source --csv --print-source cuda,sass > "$dir/fwd_source.csv"
   "$py" scripts/ncu_phases.py "$dir/fwd_source.csv" | tee "$dir/phases.md"
+}
+
+traffic() {
+  local dir="$ADASPLASH_RUNS/traffic" n method report files=()
+  mkdir -p "$dir"
+  for n in ${TRAFFIC_SEQLENS:-8192}; do
+    for method in ${TRAFFIC_METHODS:-ours adasplash}; do
+      report="$dir/${method}_n${n}"
+      # should this ncu not know the tensor-pipe counter, profile again without it
+      for without in "" tensor_pct; do
+        ncu --profile-from-start off --clock-control none -f -o "$report" \
+          --metrics "$("$py" -m scripts.l2_traffic metrics --without $without)" \
+          "$py" -m scripts.l2_traffic run --method "$method" --n "$n" --d "${TRAFFIC_HEAD_DIM:-128}" \
+          --regime "${TRAFFIC_REGIME:-long}" && break
+      done
+      ncu -i "$report.ncu-rep" --csv --page raw --print-units base > "$report.csv" && files+=("$report.csv")
+    done
+  done
+  "$py" -m scripts.l2_traffic table "${files[@]}" | tee "$dir/table.md"
 }
 
 summary() {
