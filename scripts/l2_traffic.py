@@ -125,10 +125,10 @@ def run_one_call(method: str, n: int, d: int, regime, warmup: int) -> None:
     for _ in range(warmup):
         call()
     torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
+    torch.cuda.profiler.start()  # cudaProfilerStart: ncu --profile-from-start off begins here
     call()
     torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    torch.cuda.profiler.stop()
 
 
 def main(argv=None) -> str:
