@@ -200,16 +200,23 @@ def _raw_scores(q, k, rows, cols, row_docs, DocIds_b, needs_mask, N,
 
 
 @triton.jit
-def _query_tile_program(N, n_q_tiles, H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _query_tile_program(N, n_q_tiles, head_group, H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr):
     """This program's query tile, (batch * head) index and batch, the kv head its head reads
     (grouped-query), the element offsets of the two heads, and its row of the tile tables.
 
-    The grid is (batch * heads, query tiles) and query tiles run last first: programs start in
-    launch order, and under a causal mask the last query tiles read the most key tiles, so every
-    head's heaviest tiles start first and the light ones fill the tail (the longest-first rule of
-    scheduling; 8k trained forward -14 % on an H200, docs/kernels.md)."""
-    bh = tl.program_id(0)
-    qt = n_q_tiles - 1 - tl.program_id(1)
+    Programs start roughly in launch order (program_id(0) fastest). The (batch * head) rows run in
+    groups of head_group (_launch_head_group), one group after another, so that a group's keys and
+    values stay in L2 while its programs read them. Within a group the heads alternate and query
+    tiles run last first: under a causal mask the last query tiles read the most key tiles, so the
+    heaviest programs start first and the light ones fill the tail (the longest-first rule of
+    scheduling). docs/kernels.md, "Launch order"."""
+    heads_total = tl.num_programs(0)
+    launch = tl.program_id(1) * heads_total + tl.program_id(0)  # the program's place in launch order
+    first_head = launch // (head_group * n_q_tiles) * head_group
+    heads_here = tl.minimum(heads_total - first_head, head_group)  # the last group may be short
+    within = launch - first_head * n_q_tiles
+    bh = first_head + within % heads_here
+    qt = n_q_tiles - 1 - within // heads_here
     batch = bh // H
     kv_head = batch * (H // GROUP) + (bh % H) // GROUP
     table_row = bh.to(tl.int64) * n_q_tiles + qt
@@ -745,7 +752,7 @@ def _expanded_outputs(acc_u2, acc_u, acc_support, slope, curvature, step, ALPHA_
 @triton.jit
 def _entmax_attention_tau_kernel(
     Q, K, DocIds, DocStart, DocEnd, TileReach, TileList, ListCount, AllowedCount, Tau, State, Converged,
-    z_scale, power, stop_residual, straight_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
+    z_scale, power, stop_residual, straight_residual, N, n_q_tiles, n_k_tiles, n_rows_total, head_group,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, NUM_BINS: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr,
@@ -755,7 +762,8 @@ def _entmax_attention_tau_kernel(
     non-zero probability (steps 1-4 of the module docstring). With FUSED_OUTPUT it runs only the
     first refinement pass (N_ITER = 1) and leaves the solver's state (shift, t, bracket, whether that
     pass converged) in State and Converged for the output launch, instead of tau."""
-    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, head_group, H, GROUP,
+                                                                                    HEAD_DIM)
     Q_head = Q + head_offset
     K_head = _head_source(K, kv_offset, TMA)
     DocIds_b = DocIds + batch.to(tl.int64) * N
@@ -858,7 +866,7 @@ def _entmax_attention_tau_kernel(
 @triton.jit
 def _entmax_attention_output_kernel(
     Q, K, V, Out, Obar, DocIds, TileReach, TileList, TileMask, NonzeroCount, Tau, State, Converged, TileGap,
-    z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles, n_rows_total,
+    z_scale, power, stop_residual, N, n_q_tiles, n_k_tiles, n_rows_total, head_group,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, N_ITER: tl.constexpr, CHUNK: tl.constexpr, FUSED_OUTPUT: tl.constexpr,
@@ -875,7 +883,8 @@ def _entmax_attention_output_kernel(
     run here. The list left for the backward after a converged final pass is a superset of the
     non-zero tiles (_keep_nonzero_tiles; exact only without FUSED_OUTPUT, which return_stats asks
     for)."""
-    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, head_group, H, GROUP,
+                                                                                    HEAD_DIM)
     K_head = _head_source(K, kv_offset, TMA)
     V_head = _head_source(V, kv_offset, TMA)
     DocIds_b = DocIds + batch.to(tl.int64) * N
@@ -958,7 +967,7 @@ def _backward_gap(y, HEAD_DIM: tl.constexpr):
 @triton.jit
 def _entmax_attention_bwd_dq_kernel(
     Q, K, V, DO, Obar, DQ, TauDelta, Tau, DocIds, TileList, NonzeroCount,
-    scale, z_scale, power, N, n_q_tiles, n_k_tiles,
+    scale, z_scale, power, N, n_q_tiles, n_k_tiles, head_group,
     H: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
     ALPHA_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
@@ -969,7 +978,8 @@ def _entmax_attention_bwd_dq_kernel(
     dL/ds_ij = g_ij (dP_ij - delta_i) with g = p^(2 - alpha). delta_i = dO_i . obar_i, where the
     forward stored obar_i = sum_j g_ij v_j / sum_j g_ij, so one pass over the tiles suffices.
     """
-    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, H, GROUP, HEAD_DIM)
+    qt, bh, batch, kv_head, head_offset, kv_offset, table_row = _query_tile_program(N, n_q_tiles, head_group, H, GROUP,
+                                                                                    HEAD_DIM)
     DocIds_b = DocIds + batch.to(tl.int64) * N
     TileList_row = TileList + table_row * n_k_tiles
 
@@ -1320,6 +1330,35 @@ def _is_capturing(device: torch.device) -> bool:
     return compiling or capturing
 
 
+# How the query-tile launches group their heads (_query_tile_program, _launch_head_group). H200,
+# D 128 long, 16 heads, GPU time per kernel, each grouping against all heads in one group
+# (docs/benchmarks.md §1u):
+# - output and dQ launches (they read K and V): at 32k (16 MiB of K and V a head) groups of 1 to 4
+#   heads take 15-20 % off each (their DRAM reads fall from 14 and 11 GB to 1.8 and 1.7), 8 heads
+#   8-14 %; at 16k groups of 6 heads 7-9 %; at 8k 8 heads change nothing, 1 head costs 10-15 %.
+# - the threshold launch (it reads K alone): at 32k groups of 1 to 6 heads take 13-16 % off, 8
+#   heads 12 %; but at 16k, where the K of all heads (64 MiB) is 1.3 L2s, groups of 12 or 6 heads
+#   cost 5 %, and at 8k 8 heads 3 %, 4 heads 11 %. So it groups only once the K of all heads
+#   overflows two L2s.
+# The L2 size of the interpreter's "device" (no GPU): an H100's or H200's.
+_DEFAULT_L2_BYTES = 50 * 2**20
+
+
+def _launch_head_group(q: torch.Tensor, k: torch.Tensor, tensors_read: int = 2, overflow: float = 1.0) -> int:
+    """How many (batch * head) rows a query-tile launch runs side by side. The launch reads
+    tensors_read [N, D] tensors per kv head (K, or K and V). While those of all heads fit in
+    `overflow` L2 caches, all heads in one group; otherwise the query heads of as many kv heads as
+    one L2 holds the tensors of, at least one kv head's."""
+    batch, heads = q.shape[:2]
+    kv_heads, seq_len, head_dim = k.shape[1:]
+    l2_bytes = (torch.cuda.get_device_properties(k.device).L2_cache_size if k.device.type == "cuda"
+                else _DEFAULT_L2_BYTES)
+    bytes_per_kv_head = tensors_read * seq_len * head_dim * k.element_size()
+    if batch * kv_heads * bytes_per_kv_head <= overflow * l2_bytes:
+        return batch * heads
+    return max(1, l2_bytes // bytes_per_kv_head) * (heads // kv_heads)
+
+
 def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     batch, heads, seq_len, head_dim = q.shape
     n_q_tiles = triton.cdiv(seq_len, config.block_m)
@@ -1362,13 +1401,13 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     _entmax_attention_tau_kernel[grid](
         q, k_source, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state,
         converged, config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles,
-        n_rows_total,
+        n_rows_total, _launch_head_group(q, k, tensors_read=1, overflow=2.0),
         NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter,
         SEED_START=_starts_from_seeds(config.alpha), **{**common, **_launch_options("tau", head_dim), **tau_options})
     _entmax_attention_output_kernel[grid](
         q, k_source, v_source, out, obar, doc_ids, tile_reach, tile_list, tile_mask, nonzero_count, tau, state,
         converged, tile_gap, config.z_scale, config.power, stop_residual, seq_len, n_q_tiles, n_k_tiles, n_rows_total,
-        N_ITER=config.n_iter, **{**common, **_launch_options("output", head_dim)})
+        _launch_head_group(q, k), N_ITER=config.n_iter, **{**common, **_launch_options("output", head_dim)})
     return out, obar, tau, tile_list, tile_mask, nonzero_count, allowed_count
 
 
@@ -1423,7 +1462,7 @@ def _backward(grad_out, q, k, v, obar, doc_ids, has_docs, tau, tile_list, tile_m
     _entmax_attention_bwd_dq_kernel[(batch * heads, n_q_tiles)](
         q, _head_rows_source(k, config.block_n, tma), _head_rows_source(v, config.block_n, tma), grad_out, obar, dq,
         tau_delta, tau, doc_ids, tile_list, nonzero_count,
-        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles,
+        config.scale, config.z_scale, config.power, seq_len, n_q_tiles, n_k_tiles, _launch_head_group(q, k),
         TMA=tma, **{**common, **_launch_options("bwd_dq", head_dim)})
 
     key_tile_list = torch.empty((batch * heads, n_k_tiles, n_q_tiles), device=device, dtype=torch.int32)

@@ -97,13 +97,9 @@ traffic() {
   for n in ${TRAFFIC_SEQLENS:-8192}; do
     for method in ${TRAFFIC_METHODS:-ours adasplash}; do
       report="$dir/${method}_n${n}"
-      # should this ncu not know the tensor-pipe counter, profile again without it
-      for without in "" tensor_pct; do
-        ncu --profile-from-start off --clock-control none -f -o "$report" \
-          --metrics "$("$py" -m scripts.l2_traffic metrics --without $without)" \
-          "$py" -m scripts.l2_traffic run --method "$method" --n "$n" --d "${TRAFFIC_HEAD_DIM:-128}" \
-          --regime "${TRAFFIC_REGIME:-long}" && break
-      done
+      ncu --profile-from-start off --clock-control none -f -o "$report" --metrics "$("$py" -m scripts.l2_traffic metrics)" \
+        "$py" -m scripts.l2_traffic run --method "$method" --n "$n" --d "${TRAFFIC_HEAD_DIM:-128}" \
+        --regime "${TRAFFIC_REGIME:-long}"
       ncu -i "$report.ncu-rep" --csv --page raw --print-units base > "$report.csv" && files+=("$report.csv")
     done
   done

@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # What each table column reads (Hopper counters; `metrics --without` leaves one out should an ncu
-# not know it). --print-units base gives ns, bytes and Hz; _number also reads scaled units.
+# not know it). --print-units base gives ns, bytes and Hz; _number also reads scaled units. (A
+# tensor-pipe column, sm__pipe_tensor_op_gmma_cycles_active, came back empty from the H200's ncu.)
 METRICS = {
     "time": "gpu__time_duration.sum",
     "clock": "sm__cycles_elapsed.avg.per_second",
@@ -38,13 +39,12 @@ METRICS = {
     "dram_bytes": "dram__bytes_read.sum",
     "dram_pct": "dram__throughput.avg.pct_of_peak_sustained_elapsed",
     "sm_pct": "sm__throughput.avg.pct_of_peak_sustained_elapsed",
-    "tensor_pct": "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed",
     "instructions": "sm__inst_executed.sum",
 }
 # Factors to base units (byte, second, hertz) of the unit names ncu prints.
 _UNIT_SCALE = {
     "": 1.0, "%": 1.0, "inst": 1.0, "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "Tbyte": 1e12,
-    "nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0,
+    "nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0, "ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0,
     "hz": 1.0, "Khz": 1e3, "Mhz": 1e6, "Ghz": 1e9, "cycle/second": 1.0, "cycle/nsecond": 1e9, "cycle/usecond": 1e6,
 }
 
@@ -89,8 +89,8 @@ def _short(name: str) -> str:
 
 def table(runs: list[tuple[str, list[dict]]]) -> str:
     """A markdown table: one row per kernel launch of each run, then the run's total."""
-    out = ["| run | kernel | ms | MHz | L2 GB | L2 TB/s | L2 % of peak | DRAM read GB | DRAM % | SM % | tensor % |"
-           " G instructions |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| run | kernel | ms | MHz | L2 GB | L2 TB/s | L2 % of peak | DRAM read GB | DRAM % | SM % |"
+           " G instructions |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value, scale, spec):
         return "-" if value is None else format(value * scale, spec)
@@ -103,12 +103,12 @@ def table(runs: list[tuple[str, list[dict]]]) -> str:
                        f"{cell(launch.get('clock'), 1e-6, '.0f')} | {cell(l2, 1e-9, '.2f')} | {cell(rate, 1e-12, '.2f')} | "
                        f"{cell(launch.get('l2_pct'), 1, '.0f')} | {cell(launch.get('dram_bytes'), 1e-9, '.2f')} | "
                        f"{cell(launch.get('dram_pct'), 1, '.0f')} | {cell(launch.get('sm_pct'), 1, '.0f')} | "
-                       f"{cell(launch.get('tensor_pct'), 1, '.0f')} | {cell(launch.get('instructions'), 1e-9, '.3f')} |")
+                       f"{cell(launch.get('instructions'), 1e-9, '.3f')} |")
         total = {key: sum(launch.get(key, 0.0) for launch in launches)
                  for key in ("time", "l2_bytes", "dram_bytes", "instructions")}
         out.append(f"| {label} | **all** | {total['time'] * 1e3:.3f} | | {total['l2_bytes'] * 1e-9:.2f} | "
                    f"{total['l2_bytes'] / total['time'] * 1e-12 if total['time'] else 0:.2f} | | "
-                   f"{total['dram_bytes'] * 1e-9:.2f} | | | | {total['instructions'] * 1e-9:.3f} |")
+                   f"{total['dram_bytes'] * 1e-9:.2f} | | | {total['instructions'] * 1e-9:.3f} |")
     return "\n".join(out)
 
 

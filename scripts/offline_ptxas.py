@@ -51,7 +51,7 @@ _POINTER_TYPES = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Oba
 _INT_POINTERS = ("DocIds", "DocStart", "DocEnd", "TileList", "ListCount", "NonzeroCount", "AllowedCount", "Converged",
                  "KeyTileList", "KeyTileCount")
 _FLOAT_ARGS = ("scale", "z_scale", "power", "stop_residual", "straight_residual")
-_INT_ARGS = ("N", "n_q_tiles", "n_k_tiles", "n_rows_total")
+_INT_ARGS = ("N", "n_q_tiles", "n_k_tiles", "n_rows_total", "head_group")
 
 
 def find_ptxas() -> str | None:

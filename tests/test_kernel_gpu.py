@@ -166,6 +166,30 @@ def test_probabilities_sum_to_one_at_32k():
     assert (mass - 1).abs().max().item() <= 1e-3
 
 
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(5, 5, 128), (6, 2, 64)])
+def test_launch_head_groups_change_only_the_order(monkeypatch, heads, kv_heads, head_dim):
+    """The query-tile launches run their heads in groups (_launch_head_group: L2-sized, so only
+    long sequences form several groups). Each program's arithmetic is its own, so any grouping,
+    short last groups included, gives the same output and gradients bit for bit as one group of
+    all heads, which the reference tests check."""
+    import importlib
+    attention_module = importlib.import_module("kernels.entmax_attention")
+    q, k, v = rope_qkv(1, heads, kv_heads, 4096, head_dim, temperature=0.4, seed=11)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    grad_out = torch.randn_like(q)
+
+    def run(head_group):
+        monkeypatch.setattr(attention_module, "_launch_head_group", lambda q, k, **launch: head_group)
+        out = kernels.entmax_attention(q, k, v, alpha=1.5, causal=True)
+        return (out, *torch.autograd.grad(out, (q, k, v), grad_out))
+
+    one_group = run(heads)
+    assert all(torch.isfinite(t).all() for t in one_group)
+    for head_group in (1, 4):
+        for name, got, want in zip(("out", "dq", "dk", "dv"), run(head_group), one_group):
+            assert torch.equal(got, want), (head_group, name)
+
+
 def test_agrees_with_adasplash_package():
     adasplash = pytest.importorskip("adasplash")
     q, k, v = rope_qkv(1, 4, 4, 4096, 64, temperature=0.4, seed=3)
