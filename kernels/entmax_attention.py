@@ -1338,23 +1338,25 @@ def _is_capturing(device: torch.device) -> bool:
 #   8-14 %; at 16k groups of 6 heads 7-9 %; at 8k 8 heads change nothing, 1 head costs 10-15 %.
 # - the threshold launch (it reads K alone): at 32k groups of 1 to 6 heads take 13-16 % off, 8
 #   heads 12 %; but at 16k, where the K of all heads (64 MiB) is 1.3 L2s, groups of 12 or 6 heads
-#   cost 5 %, and at 8k 8 heads 3 %, 4 heads 11 %. So it groups only once the K of all heads
-#   overflows two L2s.
+#   cost 5 %, and at 8k 8 heads 3 %, 4 heads 11 %.
+# - at 8k, where the K and V of all heads (64 MiB) are 1.3 L2s, groups of 12 heads (12 + 4) cost the
+#   output and dQ launches 15 % each against one group (§1v).
+# So a launch groups only once the tensors it reads for all heads overflow two L2s.
 # The L2 size of the interpreter's "device" (no GPU): an H100's or H200's.
 _DEFAULT_L2_BYTES = 50 * 2**20
 
 
-def _launch_head_group(q: torch.Tensor, k: torch.Tensor, tensors_read: int = 2, overflow: float = 1.0) -> int:
+def _launch_head_group(q: torch.Tensor, k: torch.Tensor, tensors_read: int = 2) -> int:
     """How many (batch * head) rows a query-tile launch runs side by side. The launch reads
-    tensors_read [N, D] tensors per kv head (K, or K and V). While those of all heads fit in
-    `overflow` L2 caches, all heads in one group; otherwise the query heads of as many kv heads as
+    tensors_read [N, D] tensors per kv head (K, or K and V). While those of all heads fit in two L2
+    caches, all heads in one group; otherwise the query heads of as many kv heads as
     one L2 holds the tensors of, at least one kv head's."""
     batch, heads = q.shape[:2]
     kv_heads, seq_len, head_dim = k.shape[1:]
     l2_bytes = (torch.cuda.get_device_properties(k.device).L2_cache_size if k.device.type == "cuda"
                 else _DEFAULT_L2_BYTES)
     bytes_per_kv_head = tensors_read * seq_len * head_dim * k.element_size()
-    if batch * kv_heads * bytes_per_kv_head <= overflow * l2_bytes:
+    if batch * kv_heads * bytes_per_kv_head <= 2 * l2_bytes:
         return batch * heads
     return max(1, l2_bytes // bytes_per_kv_head) * (heads // kv_heads)
 
@@ -1401,7 +1403,7 @@ def _forward(q, k, v, doc_ids, doc_start, doc_end, config: _LaunchConfig):
     _entmax_attention_tau_kernel[grid](
         q, k_source, doc_ids, doc_start, doc_end, tile_reach, tile_list, nonzero_count, allowed_count, tau, state,
         converged, config.z_scale, config.power, stop_residual, SEED_STRAIGHT_RESIDUAL, seq_len, n_q_tiles, n_k_tiles,
-        n_rows_total, _launch_head_group(q, k, tensors_read=1, overflow=2.0),
+        n_rows_total, _launch_head_group(q, k, tensors_read=1),
         NUM_BINS=NUM_BINS, N_ITER=1 if config.fused_output else config.n_iter,
         SEED_START=_starts_from_seeds(config.alpha), **{**common, **_launch_options("tau", head_dim), **tau_options})
     _entmax_attention_output_kernel[grid](

@@ -141,18 +141,18 @@ def test_launch_head_groups_cover_every_query_tile(gen, monkeypatch, head_group)
 
 def test_launch_head_group_sizes(monkeypatch):
     """Groups hold one L2 (50 MiB here) of the tensors a launch reads, once those of all heads
-    overflow `overflow` L2s (the measured cases of docs/benchmarks.md §1u, 16 heads, D 128)."""
+    overflow two L2s (the measured cases of docs/benchmarks.md §1u and §1v, 16 heads, D 128)."""
     monkeypatch.setattr(attention_module, "_DEFAULT_L2_BYTES", 50 * 2**20)
 
     def group(n, batch=1, heads=16, kv_heads=16, d=128, dtype=torch.bfloat16, **launch):
         q, k = torch.empty(batch, heads, 1, d, dtype=dtype), torch.empty(batch, kv_heads, n, d, dtype=dtype)
         return attention_module._launch_head_group(q, k, **launch)
 
-    threshold_launch = dict(tensors_read=1, overflow=2.0)
-    assert [group(n) for n in (4096, 8192, 16384, 32768)] == [16, 12, 6, 3]  # 4 MiB of K and V a head at 8k
-    assert [group(n, **threshold_launch) for n in (4096, 8192, 16384, 32768)] == [16, 16, 16, 6]
+    assert [group(n) for n in (4096, 8192, 16384, 32768)] == [16, 16, 6, 3]  # 8 MiB of K and V a head at 16k
+    assert [group(n, tensors_read=1) for n in (4096, 8192, 16384, 32768)] == [16, 16, 16, 6]
     assert group(8192, batch=4) == 12  # the group counts (batch * head) rows
-    assert group(32768, kv_heads=4) == 12  # 3 kv heads held, 4 query heads read each
+    assert group(32768, kv_heads=4) == 16  # 64 MiB of K and V in all: no grouping
+    assert group(65536, kv_heads=4) == 4  # one kv head held, its 4 query heads read it
     assert group(32768, d=64, dtype=torch.float32) == 3
     assert group(2**20) == 1  # never fewer than one kv head's queries
 
